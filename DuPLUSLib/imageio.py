@@ -1,0 +1,349 @@
+"""Volumes in and segmentations out, with geometry kept exactly.
+
+Conventions used throughout the library (stated once, here):
+
+* arrays are indexed ``[k, j, i]`` (slice, row, column), as SimpleITK's ``GetArrayFromImage`` and
+  Slicer's ``arrayFromVolume`` return them;
+* ``spacing`` is in millimetres and ordered ``(i, j, k)``;
+* ``origin`` and ``direction`` are in LPS patient coordinates, as DICOM, ITK, NIfTI readers and
+  ``.seg.nrrd`` files use; ``direction[:, a]`` is the unit vector of voxel axis ``a`` (i, j, k).
+  The Slicer adapter converts to and from RAS at the MRML boundary and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .errors import InputImageError, OutputPathError
+from .ontology import Ontology, Structure
+
+__all__ = [
+    "VolumeImage",
+    "atomic_output",
+    "read_image",
+    "read_segmentation",
+    "write_image",
+    "write_segmentation",
+    "SegmentMask",
+]
+
+IMAGE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+@dataclass
+class VolumeImage:
+    """A scalar 3D image and where it lies in the patient (LPS, mm)."""
+
+    array: np.ndarray  # [k, j, i]
+    spacing: tuple[float, float, float]  # (i, j, k) mm
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # LPS, columns = i, j, k axes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return i, j, k
+
+    @property
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix taking voxel (i, j, k, 1) to LPS millimetres."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = self.direction @ np.diag(self.spacing)
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def with_array(self, array: np.ndarray) -> "VolumeImage":
+        """The same geometry over another array of the same shape."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"array shape {array.shape} differs from the image's {self.array.shape}")
+        return replace(self, array=array, metadata=dict(self.metadata))
+
+    def same_geometry(self, other: "VolumeImage", tolerance: float = 1e-4) -> bool:
+        return (
+            self.array.shape == other.array.shape
+            and np.allclose(self.spacing, other.spacing, atol=tolerance)
+            and np.allclose(self.origin, other.origin, atol=tolerance * 10)
+            and np.allclose(self.direction, other.direction, atol=tolerance)
+        )
+
+
+@dataclass
+class SegmentMask:
+    """One structure's binary mask, with what Slicer shows for it."""
+
+    structure: Structure
+    mask: np.ndarray  # bool [k, j, i]
+    confidence: float | None = None  # mean probability inside the mask
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_image(path: str | os.PathLike[str]) -> VolumeImage:
+    """Read NRRD, NIfTI, MHA/MHD or a DICOM series folder into a :class:`VolumeImage`.
+
+    Raises :class:`InputImageError` for a missing file, an unreadable one, a folder with no DICOM
+    series or several (naming them), and anything that is not one scalar 3D volume.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"input image '{path}' does not exist")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise InputImageError(f"cannot read '{path}' as an image: {_first_line(error)}") from None
+    return _volume_from_sitk(image, path)
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None = None):
+    import SimpleITK as sitk
+
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputImageError(f"'{folder}' holds no DICOM series")
+    if series_uid is None and len(series) > 1:
+        raise InputImageError(
+            f"'{folder}' holds {len(series)} DICOM series; pick one by its SeriesInstanceUID: "
+            + ", ".join(series)
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputImageError(f"cannot read the DICOM series in '{folder}': {_first_line(error)}") from None
+
+
+def _volume_from_sitk(image, source: Path | str) -> VolumeImage:
+    import SimpleITK as sitk
+
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"'{source}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a scalar (grey-level) volume is needed"
+        )
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputImageError(
+                f"'{source}' is a 4D image ({'x'.join(map(str, size))}); export one 3D frame first"
+            )
+        image = image[:, :, :, 0]
+    if image.GetDimension() == 2:
+        raise InputImageError(
+            f"'{source}' is a 2D image ({'x'.join(map(str, image.GetSize()))}); a 3D volume is needed"
+        )
+    if image.GetDimension() != 3:
+        raise InputImageError(f"'{source}' has {image.GetDimension()} dimensions; a 3D volume is needed")
+    array = sitk.GetArrayFromImage(image)
+    if min(array.shape) < 2:
+        raise InputImageError(
+            f"'{source}' is a single slice ({'x'.join(map(str, image.GetSize()))}); a 3D volume is needed"
+        )
+    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if len(image.GetMetaData(k)) < 256}
+    return VolumeImage(
+        array=array,
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=np.array(image.GetDirection()).reshape(3, 3),
+        metadata=metadata,
+    )
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    meaningful = [line for line in lines if not line.startswith(("Exception", "/"))]
+    return (meaningful or lines or ["unknown error"])[-1]
+
+
+def to_sitk(image: VolumeImage):
+    """The SimpleITK image with the same voxels and geometry."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(np.ascontiguousarray(image.array))
+    out.SetSpacing(image.spacing)
+    out.SetOrigin(image.origin)
+    out.SetDirection(tuple(image.direction.ravel()))
+    return out
+
+
+# ------------------------------------------------------------------------------------ writing
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` and rename it into place only on success.
+
+    A crash, Ctrl-C or full disk leaves no partial file under the real name.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputPathError(f"'{path}' already exists; pass --overwrite to replace it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write '{path}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"cannot write '{path}': folder '{folder}' is not writable")
+    suffix = "".join(path.suffixes) or ".tmp"
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=folder)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, path)
+    except BaseException:
+        temporary_path.unlink(missing_ok=True)
+        raise
+
+
+def write_image(image: VolumeImage, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Write any format SimpleITK knows by its ending (.nrrd, .nii.gz, .mha)."""
+    import SimpleITK as sitk
+
+    with atomic_output(path, overwrite) as temporary:
+        # The ending decides the format, so the temporary name keeps it.
+        sitk.WriteImage(to_sitk(image), str(temporary), useCompression=True)
+    return Path(path)
+
+
+def pack_layers(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Pack binary masks into as few label layers as their overlaps allow.
+
+    Returns the layers as ``[layer, k, j, i]`` uint8 and, per mask, its ``(layer, label value)``.
+    A tumour inside its organ lands on a second layer instead of erasing the organ.
+    """
+    if not masks:
+        raise ValueError("no masks to pack")
+    layers: list[np.ndarray] = []
+    placement: list[tuple[int, int]] = []
+    for mask in masks:
+        mask = mask.astype(bool)
+        for index, layer in enumerate(layers):
+            if not np.any(layer[mask]):
+                label = int(layer.max()) + 1
+                if label < 256:
+                    layer[mask] = label
+                    placement.append((index, label))
+                    break
+        else:
+            layer = np.zeros(mask.shape, dtype=np.uint8)
+            layer[mask] = 1
+            layers.append(layer)
+            placement.append((len(layers) - 1, 1))
+    return np.stack(layers), placement
+
+
+def write_segmentation(
+    segments: Sequence[SegmentMask],
+    reference: VolumeImage,
+    path: str | os.PathLike[str],
+    overwrite: bool = True,
+) -> Path:
+    """Write a Slicer ``.seg.nrrd`` in ``reference``'s geometry, overlapping segments as layers.
+
+    Each segment carries its name, colour and terminology; an empty mask is kept as an empty
+    segment so the user sees that the structure was looked for and not found.
+    """
+    import slicerio
+
+    if not segments:
+        raise ValueError("no segments to write")
+    for segment in segments:
+        if segment.mask.shape != reference.array.shape:
+            raise ValueError(
+                f"mask of '{segment.structure.key}' has shape {segment.mask.shape}, "
+                f"the reference {reference.array.shape}"
+            )
+    layers, placement = pack_layers([segment.mask for segment in segments])
+    voxels = np.transpose(layers, (0, 3, 2, 1))  # [layer, i, j, k] as nrrd writes in Fortran order
+    if voxels.shape[0] == 1:
+        voxels = voxels[0]
+    description = {
+        "voxels": np.ascontiguousarray(voxels),
+        "ijkToLPS": reference.ijk_to_lps,
+        "containedRepresentationNames": ["Binary labelmap"],
+        "segments": [
+            {
+                "id": f"Segment_{segment.structure.key}",
+                "name": segment.structure.name,
+                "labelValue": label,
+                "layer": layer,
+                "color": [round(c, 6) for c in segment.structure.color_float],
+                "terminology": _slicerio_terminology(segment.structure),
+                "tags": {"DuPLUS.Structure": segment.structure.key}
+                | ({"DuPLUS.Confidence": f"{segment.confidence:.4f}"} if segment.confidence is not None else {}),
+            }
+            for segment, (layer, label) in zip(segments, placement)
+        ],
+    }
+    with atomic_output(path, overwrite) as temporary:
+        slicerio.write_segmentation(str(temporary), description)
+    return Path(path)
+
+
+def _slicerio_terminology(structure: Structure) -> dict:
+    term = structure.terminology
+    entry = {
+        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "category": [term.category.scheme, term.category.value, term.category.meaning],
+        "type": [term.type.scheme, term.type.value, term.type.meaning],
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+    }
+    if term.modifier:
+        entry["typeModifier"] = [term.modifier.scheme, term.modifier.value, term.modifier.meaning]
+    if term.anatomic_region:
+        entry["anatomicRegion"] = [
+            term.anatomic_region.scheme,
+            term.anatomic_region.value,
+            term.anatomic_region.meaning,
+        ]
+    return entry
+
+
+def read_segmentation(path: str | os.PathLike[str], ontology: Ontology) -> tuple[VolumeImage, dict[str, np.ndarray]]:
+    """Read a ``.seg.nrrd`` back into its geometry and one boolean mask per structure key.
+
+    Segments are matched to the ontology by the ``DuPLUS.Structure`` tag, else by name or synonym.
+    """
+    import slicerio
+
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"segmentation '{path}' does not exist")
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+    except Exception as error:  # slicerio raises plain exceptions for malformed headers
+        raise InputImageError(f"cannot read '{path}' as a segmentation: {error}") from None
+    voxels = np.asarray(segmentation["voxels"])
+    layered = voxels.ndim == 4
+    ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    geometry = VolumeImage(
+        array=np.zeros(voxels.shape[-3:][::-1], dtype=np.uint8),
+        spacing=tuple(spacing),
+        origin=tuple(ijk_to_lps[:3, 3]),
+        direction=ijk_to_lps[:3, :3] / spacing,
+    )
+    masks: dict[str, np.ndarray] = {}
+    for segment in segmentation["segments"]:
+        key = segment.get("tags", {}).get("DuPLUS.Structure")
+        if key is None:
+            key = ontology.structure_key(segment["name"])
+        layer = voxels[segment.get("layer", 0)] if layered else voxels
+        masks[key] = np.transpose(layer == segment["labelValue"], (2, 1, 0))
+    return geometry, masks
