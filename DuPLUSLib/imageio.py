@@ -27,6 +27,7 @@ from .ontology import Ontology, Structure
 __all__ = [
     "VolumeImage",
     "atomic_output",
+    "check_output_path",
     "read_image",
     "read_segmentation",
     "write_image",
@@ -185,30 +186,44 @@ def to_sitk(image: VolumeImage):
 
 
 # ------------------------------------------------------------------------------------ writing
+def check_output_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Refuse an output that exists (unless ``overwrite``) or whose folder cannot take it."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputPathError(f"'{path}' already exists; pass --overwrite to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputPathError(f"cannot write '{path}': folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"cannot write '{path}': folder '{folder}' is not writable")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` and rename it into place only on success.
 
     A crash, Ctrl-C or full disk leaves no partial file under the real name.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputPathError(f"'{path}' already exists; pass --overwrite to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputPathError(f"cannot write '{path}': folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputPathError(f"cannot write '{path}': folder '{folder}' is not writable")
+    path = check_output_path(path, overwrite)
+    folder = path.parent
     suffix = "".join(path.suffixes) or ".tmp"
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=folder)
     os.close(handle)
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give normal rights
         os.replace(temporary_path, path)
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_image(image: VolumeImage, path: str | os.PathLike[str], overwrite: bool = True) -> Path:

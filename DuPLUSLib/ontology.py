@@ -201,7 +201,15 @@ class Ontology:
                     f"'*' needs a region; choose one of: {', '.join(self.regions_of(modality))}"
                 )
             return [Prompt(modality, region, s) for s in self.structures_of(modality, region)]
-        key = self.structure_key(structure)
+        try:
+            key = self.structure_key(structure)
+        except UnknownPromptError:
+            if region is None:
+                raise
+            raise UnknownPromptError(
+                f"'{structure}' is not a structure of {modality} {self.regions[region]['name']}; "
+                f"choose one of: {', '.join(self.structures_of(modality, region))}"
+            ) from None
         if region is not None:
             valid = self.structures_of(modality, region)
             if key not in valid:

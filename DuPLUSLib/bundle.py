@@ -1,0 +1,223 @@
+"""A model is a folder, like a MONAI bundle: config, safetensors weights, cached prompt embeddings.
+
+    model/
+      config.json                     architecture, preprocessing, ontology and text-encoder ids,
+                                      file names with their sha256, training provenance
+      model.safetensors               network weights (never pickle: loading runs no code)
+      prompt_embeddings.safetensors   the embedding of every ontology sentence
+      MODEL_CARD.md                   what it was trained on, how well it does, what not to use it for
+
+Every file's sha256 is checked before use, and a config that points outside its folder is refused,
+so a model folder from elsewhere can neither run code nor read files beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelBundleError
+from .network import DuPLUSNet, NetworkConfig
+from .ontology import Ontology, load_ontology
+from .preprocessing import DEFAULT_NORMALISATION, IntensityNormalisation
+from .text import DEFAULT_TEXT_ENCODER_ID, PromptEmbeddings, TextEncoder
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BundleConfig",
+    "InferenceSettings",
+    "ModelBundle",
+    "default_model_dir",
+    "load_bundle",
+    "sha256_of",
+]
+
+BUNDLE_FORMAT = "duplus-bundle/1"
+WEIGHTS_FILE = "model.safetensors"
+EMBEDDINGS_FILE = "prompt_embeddings.safetensors"
+
+
+@dataclass
+class InferenceSettings:
+    """The grid and window the model was trained for; stored with it, overridable per run."""
+
+    spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    overlap: float = 0.5
+    window_batch: int = 2
+    threshold: float = 0.5
+    normalisation: dict[str, IntensityNormalisation] = field(default_factory=lambda: dict(DEFAULT_NORMALISATION))
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["normalisation"] = {m: n.to_dict() for m, n in self.normalisation.items()}
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "InferenceSettings":
+        values = dict(values)
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelBundleError(f"unknown inference setting(s): {', '.join(sorted(unknown))}")
+        if "normalisation" in values:
+            values["normalisation"] = {
+                m: IntensityNormalisation(**n) for m, n in values["normalisation"].items()
+            }
+        for key in ("spacing", "patch_size"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass
+class BundleConfig:
+    name: str
+    network: NetworkConfig
+    inference: InferenceSettings
+    ontology_version: str
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {"id": DEFAULT_TEXT_ENCODER_ID, "path": None})
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+    weights_dtype: str = "float16"
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    format: str = BUNDLE_FORMAT
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["network"] = self.network.to_dict()
+        values["inference"] = self.inference.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BundleConfig":
+        values = dict(values)
+        if values.get("format") != BUNDLE_FORMAT:
+            raise ModelBundleError(
+                f"unsupported model format {values.get('format')!r}; this version reads {BUNDLE_FORMAT}"
+            )
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ModelBundleError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        try:
+            values["network"] = NetworkConfig.from_dict(values["network"])
+        except (TypeError, ValueError) as error:
+            raise ModelBundleError(f"invalid network config: {error}") from None
+        values["inference"] = InferenceSettings.from_dict(values["inference"])
+        return cls(**values)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the library (trained by ``duplus train configs/default.yaml``)."""
+    return Path(str(resources.files("DuPLUSLib").joinpath("resources/models/default")))
+
+
+@dataclass
+class ModelBundle:
+    path: Path | None
+    config: BundleConfig
+    network: DuPLUSNet
+    embeddings: PromptEmbeddings
+    ontology: Ontology
+
+    # ------------------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str], card: str | None = None) -> Path:
+        """Write the bundle; the sha256 of each file goes into config.json."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        dtype = getattr(torch, self.config.weights_dtype)
+        state = {
+            name: (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous().cpu()
+            for name, tensor in self.network.state_dict().items()
+        }
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+        self.embeddings.save(folder / EMBEDDINGS_FILE)
+        self.config.files = {
+            "weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(folder / WEIGHTS_FILE)},
+            "prompt_embeddings": {"path": EMBEDDINGS_FILE, "sha256": sha256_of(folder / EMBEDDINGS_FILE)},
+        }
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        if card is not None:
+            (folder / "MODEL_CARD.md").write_text(card)
+        self.path = folder
+        return folder
+
+    def text_encoder_factory(self):
+        path = self.config.text_encoder.get("path")
+        return lambda: TextEncoder(path)
+
+
+def _verified_file(folder: Path, config: BundleConfig, role: str) -> Path:
+    entry = config.files.get(role)
+    if not entry or "path" not in entry or "sha256" not in entry:
+        raise ModelBundleError(f"model '{folder}': config.json lists no {role} file with its sha256")
+    path = (folder / entry["path"]).resolve()
+    if folder.resolve() not in path.parents:
+        raise ModelBundleError(
+            f"model '{folder}': {role} path {entry['path']!r} points outside the model folder; refused"
+        )
+    if not path.is_file():
+        raise ModelBundleError(f"model '{folder}': {role} file '{entry['path']}' is missing")
+    if sha256_of(path) != entry["sha256"]:
+        raise ModelBundleError(
+            f"model '{folder}': {role} file '{entry['path']}' does not match its sha256; it is corrupt "
+            "or was changed after training; restore it or retrain"
+        )
+    return path
+
+
+def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load and verify a model folder; ``None`` loads the bundled default model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder) if folder else default_model_dir()
+    if not folder.is_dir():
+        raise ModelBundleError(f"model folder '{folder}' does not exist")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelBundleError(f"model folder '{folder}' has no config.json; is it a DuPLUS model?")
+    try:
+        config = BundleConfig.from_dict(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ModelBundleError(f"model '{folder}': config.json is invalid: {error}") from None
+    weights_path = _verified_file(folder, config, "weights")
+    embeddings_path = _verified_file(folder, config, "prompt_embeddings")
+    ontology = load_ontology()
+    if config.ontology_version.split(".")[0] != ontology.version.split(".")[0]:
+        raise ModelBundleError(
+            f"model '{folder}' was trained with ontology {config.ontology_version}; "
+            f"this library has {ontology.version}"
+        )
+    network = DuPLUSNet(config.network)
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as error:
+        raise ModelBundleError(f"model '{folder}': weights are unreadable: {error}") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelBundleError(
+            f"model '{folder}': weights do not fit the configured network "
+            f"(missing {len(missing)}, unexpected {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+        )
+    network.eval().to(device)
+    bundle = ModelBundle(folder, config, network, PromptEmbeddings(), ontology)
+    bundle.embeddings = PromptEmbeddings.load(embeddings_path, bundle.text_encoder_factory())
+    return bundle

@@ -1,0 +1,335 @@
+"""From a volume and prompts to named masks: the path every user takes.
+
+    image -> checked -> canonical grid at the model spacing -> normalised -> sliding window
+    (Gaussian blending, a batch of windows, one backbone pass for all prompts of a context)
+    -> per-prompt probabilities -> back onto the input grid -> threshold -> masks + confidence
+
+The work is reported through ``progress(stage, fraction, message)`` and can be stopped between
+windows through ``cancel() -> bool``; a stopped run raises :class:`CancelledError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .bundle import ModelBundle, load_bundle
+from .devices import autocast_dtype, select_device
+from .errors import CancelledError, ResourceLimitError, UnknownPromptError
+from .imageio import (
+    SegmentMask,
+    VolumeImage,
+    atomic_output,
+    check_output_path,
+    read_image,
+    write_segmentation,
+)
+from .ontology import Prompt, load_ontology
+from .preprocessing import (
+    check_image_values,
+    normalise_intensity,
+    resample_onto,
+    resample_to_spacing,
+)
+
+__all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "segment_file"]
+
+ProgressCallback = Callable[[str, float, str], None]
+CancelCallback = Callable[[], bool]
+
+
+def _no_progress(stage: str, fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass
+class SegmentationResult:
+    reference: VolumeImage
+    segments: list[SegmentMask]
+    prompts: list[Prompt]
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    probabilities: dict[str, np.ndarray] | None = None  # prompt key -> float32 [k, j, i], if asked
+
+    def report(self) -> dict:
+        """What the JSON report says: one entry per segment, volumes in millilitres."""
+        voxel_ml = float(np.prod(self.reference.spacing)) / 1000.0
+        entries = []
+        for prompt, segment in zip(self.prompts, self.segments):
+            count = int(segment.mask.sum())
+            structure = segment.structure
+            entries.append(
+                {
+                    "prompt": prompt.key,
+                    "structure": structure.key,
+                    "name": structure.name,
+                    "color": list(structure.color),
+                    "terminology": structure.terminology.as_slicer_tag(),
+                    "voxels": count,
+                    "volume_ml": round(count * voxel_ml, 3),
+                    "confidence": None if segment.confidence is None else round(segment.confidence, 4),
+                    "found": count > 0,
+                }
+            )
+        return {
+            "segments": entries,
+            "device": self.device,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "input": {
+                "shape_ijk": list(self.reference.shape_ijk),
+                "spacing_mm": list(self.reference.spacing),
+            },
+        }
+
+
+class Segmenter:
+    """A loaded model ready to segment; keep one alive to segment many volumes without reloading."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        overlap: float | None = None,
+        window_batch: int | None = None,
+        memory_limit_bytes: int | None = None,
+    ):
+        self.device = select_device(device)
+        self.bundle = bundle if bundle is not None else load_bundle()
+        self.bundle.network.to(self.device).eval()
+        self.settings = self.bundle.config.inference
+        self.autocast = autocast_dtype(self.device, precision)
+        self.overlap = self.settings.overlap if overlap is None else overlap
+        self.window_batch = window_batch or self.settings.window_batch
+        self.memory_limit_bytes = memory_limit_bytes
+
+    @property
+    def ontology(self):
+        return self.bundle.ontology
+
+    def parse_prompts(self, texts: Sequence[str], modality: str | None = None) -> list[Prompt]:
+        prompts = self.ontology.parse_many(texts, modality)
+        if not prompts:
+            raise UnknownPromptError("no prompt given; e.g. -p CT/abdomen/liver")
+        unknown_modality = [p for p in prompts if p.modality not in self.bundle.network.config.modalities]
+        if unknown_modality:
+            raise UnknownPromptError(
+                f"this model has no {unknown_modality[0].modality} input; it knows "
+                + ", ".join(self.bundle.network.config.modalities)
+            )
+        return prompts
+
+    # ------------------------------------------------------------------------------------ run
+    def segment(
+        self,
+        image: VolumeImage,
+        prompts: Sequence[Prompt],
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        keep_probabilities: bool = False,
+    ) -> SegmentationResult:
+        progress = progress or _no_progress
+        cancel = cancel or (lambda: False)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        check_image_values(image)
+        prompts = list(prompts)
+        if not prompts:
+            raise UnknownPromptError("no prompt given")
+        progress("preprocessing", 0.0, "resampling to the model grid")
+        spacing = self.settings.spacing
+        model_image = resample_to_spacing(image, spacing)
+        self._check_memory(image, model_image, len(prompts))
+        timings["preprocessing"] = time.perf_counter() - start
+
+        probabilities_model: dict[str, np.ndarray] = {}
+        groups = _group_by_context(prompts)
+        windows_total = sum(self._count_windows(model_image.array.shape) for _ in groups)
+        done = [0]
+        start = time.perf_counter()
+        normalised_by_modality: dict[str, np.ndarray] = {}
+        for (modality, region), group in groups.items():
+            if modality not in normalised_by_modality:
+                normalised_by_modality[modality] = normalise_intensity(
+                    model_image.array, self.settings.normalisation[modality]
+                )
+            probs = self._sliding_window(
+                normalised_by_modality[modality], modality, region, group, progress, cancel, done, windows_total
+            )
+            for prompt, prob in zip(group, probs):
+                probabilities_model[prompt.key] = prob
+        timings["inference"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        segments: list[SegmentMask] = []
+        kept: dict[str, np.ndarray] = {}
+        for index, prompt in enumerate(prompts):
+            if cancel():
+                raise CancelledError("segmentation cancelled")
+            progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
+            prob = resample_onto(model_image.with_array(probabilities_model.pop(prompt.key)), image, "linear", 0.0)
+            mask = prob >= self.settings.threshold
+            confidence = float(prob[mask].mean()) if mask.any() else None
+            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence))
+            if keep_probabilities:
+                kept[prompt.key] = prob
+        timings["postprocessing"] = time.perf_counter() - start
+        progress("postprocessing", 1.0, "done")
+        return SegmentationResult(
+            reference=image,
+            segments=segments,
+            prompts=prompts,
+            timings=timings,
+            device=str(self.device),
+            probabilities=kept if keep_probabilities else None,
+        )
+
+    # ------------------------------------------------------------------------------ internals
+    def _count_windows(self, shape: Sequence[int]) -> int:
+        from monai.data.utils import dense_patch_slices
+
+        roi = self.settings.patch_size
+        padded = [max(s, r) for s, r in zip(shape, roi)]
+        scan = [int(r * (1 - self.overlap)) or 1 for r in roi]
+        slices = len(dense_patch_slices(padded, roi, scan))
+        return (slices + self.window_batch - 1) // self.window_batch
+
+    @torch.inference_mode()
+    def _sliding_window(
+        self,
+        array: np.ndarray,
+        modality: str,
+        region: str,
+        prompts: list[Prompt],
+        progress: ProgressCallback,
+        cancel: CancelCallback,
+        done: list[int],
+        total: int,
+    ) -> list[np.ndarray]:
+        from monai.inferers import sliding_window_inference
+
+        embeddings = self.bundle.embeddings
+        context = embeddings.get([self.ontology.context_text(modality, region)])[0].to(self.device)
+        targets = embeddings.get([self.ontology.target_text(p) for p in prompts]).to(self.device)
+        network = self.bundle.network
+        names = ", ".join(p.structure for p in prompts)
+
+        def predict(windows: torch.Tensor) -> torch.Tensor:
+            if cancel():
+                raise CancelledError("segmentation cancelled")
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                logits = network(windows, modality, context, targets)
+            done[0] += 1
+            progress("inference", min(done[0] / total, 1.0), f"{modality} {region}: {names}")
+            return torch.sigmoid(logits.float())
+
+        tensor = torch.from_numpy(array)[None, None].to(self.device)
+        output = sliding_window_inference(
+            tensor,
+            roi_size=self.settings.patch_size,
+            sw_batch_size=self.window_batch,
+            predictor=predict,
+            overlap=self.overlap,
+            mode="gaussian",
+            padding_mode="replicate",
+        )
+        return [channel.cpu().numpy() for channel in output[0]]
+
+    def _check_memory(self, image: VolumeImage, model_image: VolumeImage, n_prompts: int) -> None:
+        """Refuse, with advice, a volume whose buffers would not fit instead of letting the OS kill us."""
+        import psutil
+
+        model_voxels = model_image.array.size
+        input_voxels = image.array.size
+        needed = 4 * (model_voxels * (2 * n_prompts + 3) + input_voxels * 3)
+        available = self.memory_limit_bytes or psutil.virtual_memory().available
+        if needed > 0.8 * available:
+            raise ResourceLimitError(
+                f"this volume needs about {needed / 2**30:.1f} GiB for {n_prompts} structure(s) "
+                f"({'x'.join(map(str, image.shape_ijk))} voxels, {model_voxels / 1e6:.1f} M on the model grid) "
+                f"but only {available / 2**30:.1f} GiB is free; crop the volume to the region of interest, "
+                "ask for fewer structures at once, or close other programs"
+            )
+
+
+def _group_by_context(prompts: Sequence[Prompt]) -> dict[tuple[str, str], list[Prompt]]:
+    groups: dict[tuple[str, str], list[Prompt]] = {}
+    for prompt in prompts:
+        groups.setdefault((prompt.modality, prompt.region), []).append(prompt)
+    return groups
+
+
+# ------------------------------------------------------------------------------- file in, file out
+def segment_file(
+    input_path: str | os.PathLike[str],
+    prompts: Sequence[str],
+    output_path: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    segmenter: Segmenter | None = None,
+    device: str = "auto",
+    modality: str | None = None,
+    report: str | os.PathLike[str] | None = None,
+    preview: str | os.PathLike[str] | None = None,
+    probabilities_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> dict:
+    """Segment one image file and write the ``.seg.nrrd`` (plus report, preview, probabilities).
+
+    Outputs are checked before the long work starts, and each is written under a temporary name
+    and renamed on success, so a failure or cancel leaves nothing half-written.
+    """
+    from .imageio import write_image
+
+    progress = progress or _no_progress
+    outputs = [Path(p) for p in (output_path, report, preview) if p is not None]
+    for path in outputs:
+        check_output_path(path, overwrite)
+    load_ontology().parse_many(prompts, modality)  # a typo fails now, not after the model loads
+    progress("loading", 0.0, f"reading {Path(input_path).name}")
+    image = read_image(input_path)
+    if segmenter is None:
+        progress("loading", 0.5, "loading the model")
+        segmenter = Segmenter(load_bundle(model) if model else None, device=device)
+    parsed = segmenter.parse_prompts(prompts, modality)
+    result = segmenter.segment(image, parsed, progress, cancel, keep_probabilities=probabilities_dir is not None)
+    if cancel and cancel():
+        raise CancelledError("segmentation cancelled")
+    progress("writing", 0.0, f"writing {Path(output_path).name}")
+    written = write_segmentation(result.segments, image, output_path, overwrite=overwrite)
+    summary = result.report()
+    summary["input"]["path"] = str(Path(input_path).resolve())
+    summary["output"] = str(written.resolve())
+    summary["model"] = {
+        "name": segmenter.bundle.config.name,
+        "path": str(segmenter.bundle.path) if segmenter.bundle.path else None,
+    }
+    if probabilities_dir is not None and result.probabilities:
+        folder = Path(probabilities_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        summary["probabilities"] = {}
+        for key, prob in result.probabilities.items():
+            path = folder / f"{key.replace('/', '_')}.nrrd"
+            write_image(image.with_array(prob.astype(np.float32)), path, overwrite=True)
+            summary["probabilities"][key] = str(path.resolve())
+    if preview is not None:
+        from .preview import render_preview
+
+        progress("writing", 0.5, f"writing {Path(preview).name}")
+        summary["preview"] = str(render_preview(image, result.segments, preview).resolve())
+    if report is not None:
+        with atomic_output(report, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+        summary["report"] = str(Path(report).resolve())
+    progress("writing", 1.0, "done")
+    return summary
+

@@ -1,0 +1,150 @@
+"""Bringing images onto the model's grid and intensity scale, and results back.
+
+Training and inference call the same functions, so the network sees at inference exactly the kind
+of input it was trained on: an axis-aligned (identity-direction, LPS) grid at the model's spacing,
+whatever the scanner's orientation, with intensities normalised per modality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+
+from .errors import InputImageError
+from .imageio import VolumeImage, to_sitk
+
+__all__ = [
+    "IntensityNormalisation",
+    "DEFAULT_NORMALISATION",
+    "check_image_values",
+    "normalise_intensity",
+    "resample_to_spacing",
+    "resample_onto",
+]
+
+
+@dataclass(frozen=True)
+class IntensityNormalisation:
+    """How one modality's intensities become network input.
+
+    ``window``: clip to [low, high] then ``(x - centre) / scale``; right for calibrated units
+    (CT Hounsfield units, PET SUV). ``zscore``: clip to the [low, high] percentiles of the non-zero
+    voxels, then subtract their mean and divide by their standard deviation; right for MRI and
+    ultrasound, whose units differ between scanners.
+    """
+
+    mode: Literal["window", "zscore"]
+    low: float
+    high: float
+    centre: float = 0.0
+    scale: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_NORMALISATION: dict[str, IntensityNormalisation] = {
+    "CT": IntensityNormalisation("window", -1000.0, 1000.0, centre=0.0, scale=400.0),
+    "PET": IntensityNormalisation("window", 0.0, 20.0, centre=2.0, scale=3.0),
+    "MRI": IntensityNormalisation("zscore", 0.5, 99.5),
+    "US": IntensityNormalisation("zscore", 0.5, 99.5),
+}
+
+
+def check_image_values(image: VolumeImage, name: str = "input image") -> None:
+    """Refuse what no model can segment, with a message that says what is wrong."""
+    array = image.array
+    if array.size == 0:
+        raise InputImageError(f"{name} is empty (shape {array.shape})")
+    if array.ndim != 3:
+        raise InputImageError(f"{name} has {array.ndim} dimensions; a 3D volume is needed")
+    if min(array.shape) < 2:
+        raise InputImageError(f"{name} is a single slice {array.shape[::-1]}; a 3D volume is needed")
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - finite.sum())
+            raise InputImageError(
+                f"{name} has {bad} NaN or infinite voxel(s); fix or mask them before segmenting"
+            )
+    if array.min() == array.max():
+        raise InputImageError(f"{name} is constant (every voxel is {array.flat[0]}); nothing to segment")
+    if not all(s > 0 for s in image.spacing):
+        raise InputImageError(f"{name} has a non-positive spacing {image.spacing}")
+
+
+def normalise_intensity(array: np.ndarray, settings: IntensityNormalisation) -> np.ndarray:
+    """Network input as float32, per the modality's rule."""
+    array = array.astype(np.float32, copy=False)
+    if settings.mode == "window":
+        return (np.clip(array, settings.low, settings.high) - settings.centre) / settings.scale
+    # Statistics over the non-zero voxels: air around an MRI head or outside an ultrasound fan
+    # would otherwise set the scale.
+    foreground = array[array != 0]
+    if foreground.size < 16:
+        foreground = array.ravel()
+    low, high = np.percentile(foreground, [settings.low, settings.high])
+    clipped_foreground = np.clip(foreground, low, high)
+    mean, std = float(clipped_foreground.mean()), float(clipped_foreground.std())
+    return ((np.clip(array, low, high) - mean) / max(std, 1e-6)).astype(np.float32, copy=False)
+
+
+def canonical_grid(image: VolumeImage, spacing: tuple[float, float, float]) -> VolumeImage:
+    """An identity-direction grid at ``spacing`` that covers ``image``'s voxels (an empty array)."""
+    corners = np.array(
+        [[i, j, k, 1.0] for i in (-0.5, image.shape_ijk[0] - 0.5)
+         for j in (-0.5, image.shape_ijk[1] - 0.5)
+         for k in (-0.5, image.shape_ijk[2] - 0.5)]
+    )
+    world = (image.ijk_to_lps @ corners.T).T[:, :3]
+    low, high = world.min(0), world.max(0)
+    spacing_arr = np.asarray(spacing, dtype=float)
+    size = np.maximum(np.ceil((high - low) / spacing_arr - 1e-6).astype(int), 1)
+    origin = low + spacing_arr / 2
+    return VolumeImage(
+        array=np.zeros(size[::-1], dtype=np.uint8), spacing=tuple(spacing_arr), origin=tuple(origin)
+    )
+
+
+def resample_onto(
+    source: VolumeImage,
+    target: VolumeImage,
+    interpolation: Literal["linear", "nearest", "bspline"] = "linear",
+    fill: float | None = None,
+    dtype: type = np.float32,
+) -> np.ndarray:
+    """``source`` resampled onto ``target``'s voxels (``target.array`` is only read for its shape)."""
+    import SimpleITK as sitk
+
+    interpolators = {
+        "linear": sitk.sitkLinear,
+        "nearest": sitk.sitkNearestNeighbor,
+        "bspline": sitk.sitkBSpline,
+    }
+    src = to_sitk(source.with_array(source.array.astype(np.float32, copy=False)))
+    reference = to_sitk(target.with_array(np.zeros(target.array.shape, dtype=np.uint8)))
+    default = float(source.array.min()) if fill is None else float(fill)
+    out = sitk.Resample(src, reference, sitk.Transform(), interpolators[interpolation], default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
+
+
+def resample_to_spacing(
+    image: VolumeImage,
+    spacing: tuple[float, float, float],
+    interpolation: Literal["linear", "nearest", "bspline"] = "linear",
+    fill: float | None = None,
+) -> VolumeImage:
+    """The image on the canonical grid at ``spacing`` (identity direction, covering the input)."""
+    grid = canonical_grid(image, spacing)
+    return grid.with_array(resample_onto(image, grid, interpolation, fill))
+
+
+def resample_mask_to_spacing(mask: np.ndarray, geometry: VolumeImage, spacing: tuple[float, float, float]) -> np.ndarray:
+    """A binary mask on the canonical grid: linear interpolation of the 0/1 mask, cut at one half.
+
+    Smoother than nearest-neighbour at coarse spacings, so thin structures keep their shape.
+    """
+    grid = canonical_grid(geometry, spacing)
+    return resample_onto(geometry.with_array(mask.astype(np.float32)), grid, "linear", 0.0) >= 0.5
