@@ -159,6 +159,9 @@ class ModelBundle:
         return folder
 
     def text_encoder_factory(self):
+        """Encodes sentences outside the cache; a one-hot (ablation) model has no language to encode."""
+        if self.config.text_encoder.get("id") == "onehot":
+            return None
         path = self.config.text_encoder.get("path")
         return lambda: TextEncoder(path)
 

@@ -1,0 +1,1 @@
+"""Training, adaptation and evaluation of DuPLUS models: ``duplus train``, ``finetune``, ``evaluate``."""

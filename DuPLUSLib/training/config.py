@@ -1,0 +1,164 @@
+"""Training configuration: one YAML file, validated on load, so a typo is an error and not a default.
+
+    name: duplus-default
+    seed: 0
+    network: {channels: [16, 32, 64, 96, 128], conditioning: film}
+    inference: {spacing: [2, 2, 2], patch_size: [48, 48, 48]}
+    prompts: {code: text, paraphrases: true}
+    datasets:
+      - {kind: phantom, contexts: all, cases: 8, weight: 1.0}
+      - {kind: mni152, cases: 6, weight: 0.5}
+      - {kind: decathlon, path: /data/Task03_Liver, mapping: liver_map.json, weight: 1.0}
+    training: {steps: 2000, batch_size: 2, learning_rate: 0.002}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import DuPLUSError
+
+__all__ = ["ConfigError", "DatasetSpec", "OptimisationSettings", "PromptSettings", "TrainingConfig", "load_config"]
+
+
+class ConfigError(DuPLUSError, ValueError):
+    """A training configuration that names something that does not exist."""
+
+
+def _strict(cls, values: dict[str, Any], where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, not {type(values).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {where}: {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+        )
+    return cls(**values)
+
+
+@dataclass
+class DatasetSpec:
+    """One source of training cases.
+
+    ``kind``: ``phantom`` (procedural, every listed context), ``mni152`` (the real MNI152 brain,
+    augmented), or ``decathlon`` (a Medical Segmentation Decathlon folder with a label mapping).
+    """
+
+    kind: str
+    weight: float = 1.0
+    cases: int = 8  # per context for phantoms; augmented copies for mni152; ignored for decathlon
+    contexts: Any = "all"  # "all" or a list of "MODALITY/region"
+    seed_offset: int = 0
+    path: str | None = None
+    mapping: str | None = None
+    domain_shift: dict[str, float] | None = None  # phantoms only: a "new centre"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("phantom", "mni152", "decathlon"):
+            raise ConfigError(f"dataset kind must be phantom, mni152 or decathlon, not '{self.kind}'")
+        if self.kind == "decathlon" and not (self.path and self.mapping):
+            raise ConfigError("a decathlon dataset needs 'path' (the dataset folder) and 'mapping' (JSON)")
+        if self.weight <= 0:
+            raise ConfigError(f"dataset weight must be positive, not {self.weight}")
+
+
+@dataclass
+class PromptSettings:
+    code: str = "text"  # "text" (DuPLUS) or "onehot" (the ablation: a task code instead of language)
+    paraphrases: bool = True  # draw one of the five target-prompt paraphrases per step
+
+    def __post_init__(self) -> None:
+        if self.code not in ("text", "onehot"):
+            raise ConfigError(f"prompts.code must be text or onehot, not '{self.code}'")
+
+
+@dataclass
+class OptimisationSettings:
+    steps: int = 2000
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 50
+    ema_decay: float = 0.99
+    precision: str = "auto"  # auto: bf16 autocast where the hardware has it
+    foreground_fraction: float = 0.8  # patches centred on a labelled voxel
+    max_prompts: int = 16
+    dice_weight: float = 1.0
+    bce_weight: float = 0.5
+    augment: bool = True
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0  # 0: leave torch's default
+    data_workers: int = 2  # processes that build the case cache
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("training.steps and training.batch_size must be at least 1")
+        if not 0 <= self.foreground_fraction <= 1:
+            raise ConfigError("training.foreground_fraction must lie in [0, 1]")
+
+
+@dataclass
+class TrainingConfig:
+    name: str
+    datasets: list[DatasetSpec]
+    seed: int = 0
+    description: str = ""
+    network: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
+    prompts: PromptSettings = field(default_factory=PromptSettings)
+    training: OptimisationSettings = field(default_factory=OptimisationSettings)
+    text_encoder: str | None = None  # a local Hugging Face folder; None: the bundled MiniLM
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
+        values = dict(values)
+        if "datasets" not in values or not values["datasets"]:
+            raise ConfigError("the config names no datasets")
+        values["datasets"] = [_strict(DatasetSpec, d, f"datasets[{i}]") for i, d in enumerate(values["datasets"])]
+        values["prompts"] = _strict(PromptSettings, values.get("prompts", {}), "prompts")
+        values["training"] = _strict(OptimisationSettings, values.get("training", {}), "training")
+        if "name" not in values:
+            raise ConfigError("the config needs a 'name'")
+        config = _strict(cls, values, "the config")
+        _check_sections(config)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Identifies the run: a run folder with another fingerprint belongs to another run."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_sections(config: TrainingConfig) -> None:
+    from ..bundle import InferenceSettings
+    from ..network import NetworkConfig
+
+    try:
+        NetworkConfig.from_dict(config.network)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"network: {error}") from None
+    try:
+        InferenceSettings.from_dict(config.inference)
+    except Exception as error:
+        raise ConfigError(f"inference: {error}") from None
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config '{path}' does not exist")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config '{path}' is not valid YAML: {error}") from None
+    return TrainingConfig.from_dict(values or {})

@@ -1,0 +1,319 @@
+"""``duplus train``: from a config to a model bundle, resumable, on one process or under torchrun.
+
+The run folder holds everything a run needs to continue or be audited:
+
+    run/
+      run.json            the config and its fingerprint (another config here is refused)
+      cases/              the training cases on the model grid (.npz)
+      checkpoint/         latest weights, EMA weights, optimiser moments, sampler state (safetensors + JSON)
+      metrics.csv         step, loss, dice, bce, learning rate, seconds
+      model/              the final bundle (EMA weights)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..bundle import BundleConfig, InferenceSettings, ModelBundle
+from ..devices import autocast_dtype, select_device
+from ..errors import DuPLUSError
+from ..network import DuPLUSNet, NetworkConfig
+from ..ontology import load_ontology
+from ..text import PromptEmbeddings
+from .config import TrainingConfig
+from .data import Batch, PatchSampler, build_cases, case_specs
+from .losses import partial_label_loss
+from .prompt_codes import build_prompt_codes
+
+__all__ = ["RunFolderError", "train", "TrainingOutcome"]
+
+
+class RunFolderError(DuPLUSError):
+    """A run folder that holds another run, or a resume with nothing to resume."""
+
+
+@dataclass
+class TrainingOutcome:
+    model_dir: Path | None
+    steps: int
+    final_loss: float
+    seconds: float
+    trainable_parameters: int
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed(device: torch.device) -> _Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Distributed()
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return _Distributed(torch.distributed.get_rank(), world)
+
+
+def train(
+    config: TrainingConfig,
+    run_dir: str | os.PathLike[str],
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainingOutcome:
+    """Train per ``config`` into ``run_dir``; with ``resume`` continue from its last checkpoint."""
+    run_dir = Path(run_dir)
+    torch_device = select_device(device)
+    dist = _init_distributed(torch_device)
+    if torch_device.type == "cuda" and dist.world > 1:
+        torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    _claim_run_folder(run_dir, config, resume, dist)
+    torch.manual_seed(config.seed)
+    ontology = load_ontology()
+    settings = InferenceSettings.from_dict(config.inference)
+    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder)
+    network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
+    network = DuPLUSNet(network_config).to(torch_device)
+
+    specs = case_specs(config.datasets, config.seed, ontology)
+    if dist.main:
+        cases = build_cases(specs, run_dir / "cases", settings.spacing, settings.normalisation,
+                            workers=config.training.data_workers, progress=_case_progress(progress))
+    dist.barrier()
+    if not dist.main:
+        cases = build_cases(specs, run_dir / "cases", settings.spacing, settings.normalisation, workers=1)
+    sampler = PatchSampler(
+        cases,
+        [d.weight for d in config.datasets],
+        settings.patch_size,
+        seed=config.seed * 7919 + dist.rank,
+        foreground_fraction=config.training.foreground_fraction,
+        max_prompts=config.training.max_prompts,
+        paraphrases=config.prompts.paraphrases,
+        augment=config.training.augment,
+        ontology=ontology,
+    )
+
+    opt = config.training
+    optimiser = torch.optim.AdamW(network.parameters(), lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    ema = {name: p.detach().clone() for name, p in network.state_dict().items()}
+    start_step = 0
+    if resume:
+        start_step = _load_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model: torch.nn.Module = DistributedDataParallel(network, find_unused_parameters=True)
+    else:
+        model = network
+    autocast = autocast_dtype(torch_device, opt.precision)
+
+    log = _MetricsLog(run_dir / "metrics.csv") if dist.main else None
+    bar = None
+    if progress and dist.main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opt.steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+    started = time.perf_counter()
+    loss_value = math.nan
+    network.train()
+    for step in range(start_step, opt.steps):
+        for group in optimiser.param_groups:
+            group["lr"] = _learning_rate(step, opt.steps, opt.learning_rate, opt.warmup_steps)
+        batch = sampler.batch(opt.batch_size)
+        loss, parts = _step(model, batch, codes, torch_device, autocast, opt)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        optimiser.step()
+        _update_ema(ema, network, opt.ema_decay if step > opt.warmup_steps else 0.0)
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower the learning rate")
+        done = step + 1
+        if on_step:
+            on_step(done, loss_value)
+        if log and (done % opt.log_every == 0 or done == opt.steps):
+            log.write(done, loss_value, parts, optimiser.param_groups[0]["lr"], time.perf_counter() - started)
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{1 - parts['dice']:.3f}")
+        if dist.main and (done % opt.checkpoint_every == 0 or done == opt.steps):
+            _save_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler, done)
+    if bar:
+        bar.close()
+    seconds = time.perf_counter() - started
+    model_dir = None
+    if dist.main:
+        model_dir = _save_model(run_dir / "model", config, network_config, settings, encoder_entry, codes, ema,
+                                opt.steps, seconds)
+    dist.barrier()
+    return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
+
+
+# -------------------------------------------------------------------------------- one step
+def _step(model, batch: Batch, codes: PromptEmbeddings, device, autocast, opt):
+    images = batch.images.to(device)
+    contexts = codes.get(batch.contexts).to(device)
+    flat = [t for texts in batch.targets_text for t in texts]
+    known = [t if t else batch.contexts[0] for t in flat]  # padding rows get any vector; weight 0
+    targets = codes.get(known).reshape(len(batch.targets_text), -1, codes.dim).to(device)
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        logits = model(images, batch.modalities, contexts, targets)
+    return partial_label_loss(logits, batch.masks.to(device), batch.weights.to(device),
+                              opt.dice_weight, opt.bce_weight)
+
+
+def _learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def _update_ema(ema: dict[str, torch.Tensor], network: torch.nn.Module, decay: float) -> None:
+    for name, value in network.state_dict().items():
+        if value.is_floating_point():
+            ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+        else:
+            ema[name].copy_(value)
+
+
+# ------------------------------------------------------------------------- run folder state
+def _claim_run_folder(run_dir: Path, config: TrainingConfig, resume: bool, dist: _Distributed) -> None:
+    record = run_dir / "run.json"
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous.get("fingerprint") != config.fingerprint():
+            raise RunFolderError(
+                f"'{run_dir}' holds a different run ({previous.get('name')}, fingerprint "
+                f"{previous.get('fingerprint')}); choose another folder"
+            )
+        if not resume and (run_dir / "checkpoint").exists():
+            raise RunFolderError(f"'{run_dir}' already holds this run; pass --resume to continue it")
+    elif resume:
+        raise RunFolderError(f"nothing to resume in '{run_dir}'")
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps({"name": config.name, "fingerprint": config.fingerprint(),
+                                      "config": config.to_dict()}, indent=2))
+    dist.barrier()
+
+
+def _save_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSampler, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+    tensors |= {f"ema.{k}": v.contiguous().cpu() for k, v in ema.items()}
+    for index, state in optimiser.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous().cpu()
+    tensors["rng.torch"] = torch.get_rng_state()
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(partial / "state.safetensors"))
+    (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state()}))
+    if folder.exists():
+        for child in folder.iterdir():
+            child.unlink()
+        folder.rmdir()
+    partial.rename(folder)
+
+
+def _load_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSampler) -> int:
+    from safetensors.torch import load_file
+
+    if not (folder / "state.safetensors").is_file():
+        raise RunFolderError(f"no checkpoint in '{folder.parent}' to resume from")
+    tensors = load_file(str(folder / "state.safetensors"))
+    state = json.loads((folder / "state.json").read_text())
+    network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for key in ema:
+        ema[key].copy_(tensors[f"ema.{key}"])
+    optimiser_state = optimiser.state_dict()
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            optimiser_state["state"].setdefault(int(index), {})[key] = value
+    optimiser.load_state_dict(optimiser_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    sampler.set_state(state["sampler"])
+    return int(state["step"])
+
+
+def _save_model(folder, config: TrainingConfig, network_config, settings, encoder_entry, codes, ema, steps, seconds):
+    network = DuPLUSNet(network_config)
+    network.load_state_dict(ema)
+    bundle_config = BundleConfig(
+        name=config.name,
+        network=network_config,
+        inference=settings,
+        ontology_version=load_ontology().version,
+        text_encoder=encoder_entry,
+        description=config.description,
+        training={
+            "config_fingerprint": config.fingerprint(),
+            "steps": steps,
+            "seconds": round(seconds, 1),
+            "datasets": [d.__dict__ for d in config.datasets],
+            "prompt_code": config.prompts.code,
+            "torch": torch.__version__,
+        },
+    )
+    bundle = ModelBundle(None, bundle_config, network, codes, load_ontology())
+    return bundle.save(folder)
+
+
+class _MetricsLog:
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.exists():
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(["step", "loss", "dice_loss", "bce", "learning_rate", "seconds"])
+
+    def write(self, step: int, loss: float, parts: dict[str, float], lr: float, seconds: float) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow(
+                [step, f"{loss:.5f}", f"{parts['dice']:.5f}", f"{parts['bce']:.5f}", f"{lr:.6g}", f"{seconds:.1f}"]
+            )
+
+
+def _case_progress(enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(desc="building cases", unit="case")
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done == total:
+            bar.close()
+
+    return update
