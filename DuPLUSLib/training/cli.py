@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     train.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     train.add_argument("--steps", type=int, help="override training.steps")
+    train.add_argument("--export", metavar="MODEL_DIR",
+                       help="only write a model bundle from the run's latest checkpoint (EMA weights) and stop")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_run_train)
     for name in _OTHER_MODULES:
@@ -32,12 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .loop import train
+    from .loop import export_checkpoint, train
 
     config = load_config(args.config)
     if args.steps:
         config.training.steps = args.steps
     run_dir = args.run_dir or f"runs/{config.name}"
+    if args.export:
+        print(json.dumps({"model": str(export_checkpoint(config, run_dir, args.export))}))
+        return 0
     outcome = train(config, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
     if outcome.model_dir is not None:
         print(json.dumps({"model": str(outcome.model_dir), "steps": outcome.steps,

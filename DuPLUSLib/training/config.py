@@ -133,8 +133,13 @@ class TrainingConfig:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        """Identifies the run: a run folder with another fingerprint belongs to another run."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Identifies the run: a run folder with another fingerprint belongs to another run.
+
+        The step count is left out, so a finished run can be resumed with more steps.
+        """
+        values = self.to_dict()
+        values["training"].pop("steps")
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check_sections(config: TrainingConfig) -> None:

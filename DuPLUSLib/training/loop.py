@@ -35,7 +35,7 @@ from .data import Batch, PatchSampler, build_cases, case_specs
 from .losses import partial_label_loss
 from .prompt_codes import build_prompt_codes
 
-__all__ = ["RunFolderError", "train", "TrainingOutcome"]
+__all__ = ["RunFolderError", "export_checkpoint", "train", "TrainingOutcome"]
 
 
 class RunFolderError(DuPLUSError):
@@ -174,6 +174,25 @@ def train(
     return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
 
 
+def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
+    """A model bundle from the EMA weights of a run's latest checkpoint, while the run goes on."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    state_file = run_dir / "checkpoint" / "state.safetensors"
+    if not state_file.is_file():
+        raise RunFolderError(f"no checkpoint in '{run_dir}' to export")
+    _claim_run_folder(run_dir, config, resume=True, dist=_Distributed(), write=False)
+    ontology = load_ontology()
+    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder)
+    network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
+    tensors = load_file(str(state_file))
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"]
+    settings = InferenceSettings.from_dict(config.inference)
+    return _save_model(Path(output), config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
+
+
 # -------------------------------------------------------------------------------- one step
 def _step(model, batch: Batch, codes: PromptEmbeddings, device, autocast, opt):
     images = batch.images.to(device)
@@ -204,7 +223,9 @@ def _update_ema(ema: dict[str, torch.Tensor], network: torch.nn.Module, decay: f
 
 
 # ------------------------------------------------------------------------- run folder state
-def _claim_run_folder(run_dir: Path, config: TrainingConfig, resume: bool, dist: _Distributed) -> None:
+def _claim_run_folder(
+    run_dir: Path, config: TrainingConfig, resume: bool, dist: _Distributed, write: bool = True
+) -> None:
     record = run_dir / "run.json"
     if record.exists():
         previous = json.loads(record.read_text())
@@ -217,7 +238,7 @@ def _claim_run_folder(run_dir: Path, config: TrainingConfig, resume: bool, dist:
             raise RunFolderError(f"'{run_dir}' already holds this run; pass --resume to continue it")
     elif resume:
         raise RunFolderError(f"nothing to resume in '{run_dir}'")
-    if dist.main:
+    if dist.main and write:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"name": config.name, "fingerprint": config.fingerprint(),
                                       "config": config.to_dict()}, indent=2))
