@@ -1,0 +1,322 @@
+"""The background process the Slicer modules talk to: ``python -m DuPLUSLib.worker``.
+
+Segmentation runs outside Slicer's process so the GUI stays responsive, a crash in native code
+cannot take the user's scene with it, and Cancel can end the work at once by ending the process.
+Loading torch and the model takes seconds, so the worker stays alive between requests ("warm")
+and keeps the last model loaded.
+
+Protocol: JSON, one object per line, UTF-8.
+
+Requests on stdin::
+
+    {"id": "1", "input": "/tmp/in.nrrd", "prompts": ["CT/abdomen/liver"], "output": "/tmp/out.seg.nrrd",
+     "model": null, "device": "auto", "report": "/tmp/out.json", "modality": null, "overwrite": false}
+    {"command": "ping"}     answered by {"event": "pong"}
+    {"command": "quit"}     answered by {"event": "bye"}, then the worker exits 0 (so does EOF)
+
+Events on stdout (nothing else is ever written there; stray prints go to stderr)::
+
+    {"event": "ready", "pid": 123, "version": "0.1.0", "protocol": 1}
+    {"event": "progress", "id": "1", "stage": "inference", "fraction": 0.4, "message": "..."}
+    {"event": "done", "id": "1", "output": ..., "report": ..., "segments": [...],
+     "model_reused": true, "model_load_s": 0.0, "seconds": 3.2, "device": "cpu"}
+    {"event": "error", "id": "1", "error": "UnknownPromptError", "message": "..."}
+
+A failed request leaves the worker serving the next one. SIGTERM or SIGINT stops promptly: while
+idle the worker exits at once; while segmenting the run is cancelled between windows (an error
+event ``CancelledError`` is written, nothing is left half-written) and the worker exits; a second
+signal exits immediately. The Slicer module cancels by ending the whole process tree and starts a
+new worker for the next request.
+
+``--once`` serves exactly one request (read from stdin, or given with ``--request``) and exits
+with 0, 2 (refused or failed) or 130 (cancelled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import IO, Any, Callable, Sequence
+
+from . import __version__
+from .errors import CancelledError, DuPLUSError
+
+__all__ = ["PROTOCOL_VERSION", "Worker", "main"]
+
+PROTOCOL_VERSION = 1
+REQUIRED_FIELDS = ("input", "prompts", "output")
+OPTIONAL_FIELDS = ("id", "model", "device", "report", "modality", "overwrite", "preview")
+
+
+class ProtocolError(DuPLUSError):
+    """A request line that is not a valid request (bad JSON, missing fields)."""
+
+
+class Worker:
+    """Serves segmentation requests, keeping one model loaded between them.
+
+    ``emit`` receives every event as a dict; the command-line entry point writes them as JSON lines.
+    ``cancel`` is polled by the engine between sliding windows.
+    """
+
+    def __init__(self, emit: Callable[[dict], None], cancel: Callable[[], bool] = lambda: False):
+        self.emit = emit
+        self.cancel = cancel
+        self._segmenter = None
+        self._segmenter_key: tuple[str | None, str] | None = None
+
+    # ------------------------------------------------------------------------------ one line in
+    def handle_line(self, line: str) -> bool:
+        """Serve one request line; returns False when the worker should stop."""
+        line = line.strip()
+        if not line:
+            return True
+        try:
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("a request must be a JSON object")
+        except ValueError as error:
+            self.emit(_error_event(None, ProtocolError(f"not a JSON request: {error}")))
+            return True
+        command = message.get("command")
+        if command == "quit":
+            self.emit({"event": "bye"})
+            return False
+        if command == "ping":
+            self.emit({"event": "pong", "id": message.get("id")})
+            return True
+        if command is not None:
+            self.emit(_error_event(message.get("id"), ProtocolError(f"unknown command '{command}'")))
+            return True
+        return self.handle_request(message)
+
+    def handle_request(self, request: dict[str, Any]) -> bool:
+        """Segment one request and emit done or error; returns False after a cancellation."""
+        request_id = request.get("id")
+        try:
+            _check_request(request)
+            self.emit(self._segment(request))
+        except CancelledError as error:
+            self.emit(_error_event(request_id, error))
+            return False
+        except DuPLUSError as error:
+            self.emit(_error_event(request_id, error))
+        except MemoryError as error:
+            self.emit({"event": "error", "id": request_id, "error": "ResourceLimitError",
+                       "message": f"out of memory: {error or 'the volume is too large'}; crop the volume "
+                                  "or ask for fewer structures at once"})
+        except Exception as error:  # a bug must reach the user as a message, not a silent worker
+            traceback.print_exc(file=sys.stderr)
+            self.emit({"event": "error", "id": request_id, "error": "InternalError",
+                       "message": f"unexpected {type(error).__name__}: {error}"})
+        return True
+
+    # ------------------------------------------------------------------------------ the work
+    def _segment(self, request: dict[str, Any]) -> dict[str, Any]:
+        from .inference import segment_file
+
+        request_id = request.get("id")
+        started = time.perf_counter()
+
+        def progress(stage: str, fraction: float, message: str) -> None:
+            self.emit({"event": "progress", "id": request_id, "stage": stage,
+                       "fraction": round(float(fraction), 4), "message": message})
+
+        from .ontology import load_ontology
+
+        load_ontology().parse_many(request["prompts"], request.get("modality"))  # a typo fails before the model loads
+        segmenter, reused, load_seconds = self.segmenter_for(request.get("model"), request.get("device") or "auto", progress)
+        summary = segment_file(
+            request["input"],
+            list(request["prompts"]),
+            request["output"],
+            segmenter=segmenter,
+            modality=request.get("modality"),
+            report=request.get("report"),
+            preview=request.get("preview"),
+            overwrite=bool(request.get("overwrite", False)),
+            progress=progress,
+            cancel=self.cancel,
+        )
+        return {
+            "event": "done",
+            "id": request_id,
+            "output": summary.get("output"),
+            "report": summary.get("report"),
+            "preview": summary.get("preview"),
+            "segments": summary.get("segments", []),
+            "device": summary.get("device"),
+            "model": summary.get("model"),
+            "model_reused": reused,
+            "model_load_s": round(load_seconds, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    def segmenter_for(self, model: str | None, device: str, progress=None):
+        """The loaded segmenter for this model folder and device, loading it only when it changed.
+
+        Returns ``(segmenter, reused, seconds spent loading)``. A model folder is checked (sha256)
+        each time it is loaded, never silently reused across different folders.
+        """
+        from .bundle import load_bundle
+        from .inference import Segmenter
+
+        key = (os.path.realpath(model) if model else None, device.lower())
+        if self._segmenter is not None and key == self._segmenter_key:
+            return self._segmenter, True, 0.0
+        if progress:
+            progress("loading", 0.5, "loading the model")
+        started = time.perf_counter()
+        self._segmenter = self._segmenter_key = None  # free the old model before loading another
+        segmenter = Segmenter(load_bundle(model) if model else None, device=device)
+        self._segmenter, self._segmenter_key = segmenter, key
+        return segmenter, False, time.perf_counter() - started
+
+
+def _check_request(request: dict[str, Any]) -> None:
+    missing = [name for name in REQUIRED_FIELDS if not request.get(name)]
+    if missing:
+        raise ProtocolError(f"request lacks {', '.join(missing)}")
+    unknown = set(request) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
+    if unknown:
+        raise ProtocolError(f"request has unknown field(s): {', '.join(sorted(unknown))}")
+    if isinstance(request["prompts"], str) or not all(isinstance(p, str) for p in request["prompts"]):
+        raise ProtocolError("'prompts' must be a list of strings")
+
+
+def _error_event(request_id: Any, error: BaseException) -> dict[str, Any]:
+    return {"event": "error", "id": request_id, "error": type(error).__name__, "message": str(error)}
+
+
+# ------------------------------------------------------------------------------ the process
+class _EventWriter:
+    """Writes events to the protocol channel, one JSON line each, from any thread."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        line = json.dumps(event, default=str)
+        with self._lock:
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):  # the reader is gone: nobody left to tell
+                pass
+
+
+def _claim_stdout() -> IO[str]:
+    """Keep the real stdout for events and send everything else written there to stderr.
+
+    Libraries print warnings and progress bars; one stray line would corrupt the protocol.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1)
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT: exit when idle, cancel between windows when busy, exit at once when repeated."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.busy = False
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.requested.is_set():
+            os._exit(128 + signum)
+        self.requested.set()
+        if not self.busy:
+            raise SystemExit(0)
+
+    def cancelled(self) -> bool:
+        return self.requested.is_set()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m DuPLUSLib.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--once", action="store_true", help="serve one request and exit")
+    parser.add_argument("--request", help="with --once: the request as JSON instead of reading stdin")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--preload", action="store_true", help="load the model before reporting ready")
+    parser.add_argument("--model", help="with --preload: the model folder (default: the bundled model)")
+    parser.add_argument("--device", default="auto", help="with --preload: auto, cpu, cuda or mps")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    emit = _EventWriter(_claim_stdout())
+    signals = _StopSignals()
+    signals.install()
+    worker = Worker(emit, cancel=signals.cancelled)
+    try:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        if args.preload:
+            signals.busy = True
+            try:
+                worker.segmenter_for(args.model, args.device)
+            except DuPLUSError as error:
+                emit(_error_event(None, error))
+                return 2
+            finally:
+                signals.busy = False
+        emit({"event": "ready", "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION})
+        if args.once:
+            return _serve_once(worker, signals, emit, args.request)
+        return _serve_forever(worker, signals)
+    except SystemExit as stop:  # a stop signal while idle
+        return int(stop.code or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve_forever(worker: Worker, signals: _StopSignals) -> int:
+    for line in iter(sys.stdin.readline, ""):  # readline: no read-ahead, a request is served at once
+        signals.busy = True
+        try:
+            keep_going = worker.handle_line(line)
+        finally:
+            signals.busy = False
+        if not keep_going or signals.requested.is_set():
+            return 0
+    return 0  # EOF: the module closed our stdin or went away
+
+
+def _serve_once(worker: Worker, signals: _StopSignals, emit: Callable[[dict], None], text: str | None) -> int:
+    text = text if text is not None else sys.stdin.readline()
+    outcome: list[dict] = []
+
+    def remember(event: dict) -> None:
+        outcome.append(event)
+        emit(event)
+
+    worker.emit = remember
+    signals.busy = True
+    try:
+        worker.handle_line(text)
+    finally:
+        signals.busy = False
+    last = outcome[-1] if outcome else {"event": "error", "error": "ProtocolError"}
+    if last.get("event") == "done":
+        return 0
+    return 130 if last.get("error") == "CancelledError" else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
