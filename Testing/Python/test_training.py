@@ -1,0 +1,170 @@
+"""``duplus train`` on a Decathlon folder written by the test: it learns, it evaluates, it resumes
+where it stopped, and it refuses what it must refuse. A tiny network on 16^3 patches keeps each
+run to a few seconds on two shared cores."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from DuPLUSLib.training.config import ConfigError, TrainingConfig
+from DuPLUSLib.training.decathlon import write_toy_dataset
+from DuPLUSLib.training.loop import RunFolderError, train
+
+torch.set_num_threads(1)
+
+TINY_NETWORK = {"channels": [8, 16], "encoder_blocks": 1, "decoder_blocks": 1, "conditioned_decoder_stages": 1,
+                "head_embed": 16, "condition_hidden": 16, "head_channels": 4}
+
+
+def tiny_config(data: Path, name: str = "tiny", code: str = "onehot", **training) -> TrainingConfig:
+    settings = {"steps": 40, "batch_size": 2, "learning_rate": 0.01, "warmup_steps": 2, "ema_decay": 0.5,
+                "checkpoint_every": 20, "log_every": 1, "threads": 1, "data_workers": 1, "precision": "fp32",
+                "augment": False} | training
+    return TrainingConfig.from_dict({
+        "name": name,
+        "seed": 0,
+        "network": TINY_NETWORK,
+        "inference": {"spacing": [3, 3, 3], "patch_size": [16, 16, 16], "overlap": 0.25},
+        "prompts": {"code": code},
+        "datasets": [{"kind": "decathlon", "path": str(data), "mapping": str(data / "mapping.json")}],
+        "training": settings,
+    })
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("data") / "Task99_Toy", cases=4)
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory):
+    """One short run, shared: the per-step losses and the model it wrote."""
+    losses: list[float] = []
+    run = tmp_path_factory.mktemp("run")
+    outcome = train(tiny_config(toy), run, device="cpu", progress=False,
+                    on_step=lambda step, loss: losses.append(loss))
+    return outcome, losses, run
+
+
+def read_metrics(run: Path) -> list[int]:
+    with (run / "metrics.csv").open() as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle)]
+
+
+# ------------------------------------------------------------------------------------- learning
+def test_a_few_training_steps_lower_the_loss(trained):
+    _, losses, _ = trained
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_a_decathlon_folder_trains_into_a_model_that_evaluates(trained, toy):
+    from DuPLUSLib.bundle import load_bundle
+    from DuPLUSLib.inference import Segmenter
+    from DuPLUSLib.training.evaluate import evaluate_cases, parse_data_spec
+
+    outcome, _, run = trained
+    assert outcome.model_dir == run / "model" and outcome.steps == 40
+    segmenter = Segmenter(load_bundle(outcome.model_dir), device="cpu", precision="fp32")
+    report = evaluate_cases(segmenter, parse_data_spec(str(toy)).cases())
+    liver = next(r for r in report["by_structure"] if r["structure"] == "liver")
+    assert liver["n"] == 4
+    assert liver["dice_mean"] > 0.6  # a bright ellipsoid is learnt in 40 steps
+    assert liver["hd95_mean_mm"] is not None and liver["hd95_mean_mm"] < 10
+
+
+def test_the_run_folder_records_the_config_and_metrics(trained):
+    _, _, run = trained
+    record = json.loads((run / "run.json").read_text())
+    assert record["name"] == "tiny" and record["config"]["datasets"][0]["kind"] == "decathlon"
+    assert read_metrics(run) == list(range(1, 41))
+
+
+# --------------------------------------------------------------------------------------- resume
+def test_resume_continues_from_the_same_step(toy, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(toy, steps=4, checkpoint_every=2)
+    train(config, run, device="cpu", progress=False)
+    config.training.steps = 8
+    seen: list[int] = []
+    outcome = train(config, run, resume=True, device="cpu", progress=False,
+                    on_step=lambda step, loss: seen.append(step))
+    assert seen == [5, 6, 7, 8]  # no restart from step 1
+    assert outcome.steps == 8
+    assert read_metrics(run) == list(range(1, 9))  # the log continues, each step once
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 8
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(toy, tmp_path):
+    from safetensors.torch import load_file
+
+    config = tiny_config(toy, steps=6, checkpoint_every=3)
+    train(config, tmp_path / "straight", device="cpu", progress=False)
+    config.training.steps = 3
+    train(config, tmp_path / "split", device="cpu", progress=False)
+    config.training.steps = 6
+    train(config, tmp_path / "split", resume=True, device="cpu", progress=False)
+    straight = load_file(str(tmp_path / "straight" / "checkpoint" / "state.safetensors"))
+    split = load_file(str(tmp_path / "split" / "checkpoint" / "state.safetensors"))
+    for key in (k for k in straight if k.startswith("model.")):
+        torch.testing.assert_close(split[key], straight[key], msg=key)
+
+
+def test_resume_with_nothing_to_resume_is_refused(toy, tmp_path):
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        train(tiny_config(toy, steps=2), tmp_path / "fresh", resume=True, device="cpu", progress=False)
+
+
+def test_a_run_folder_holding_a_different_run_is_refused(toy, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(toy, steps=2), run, device="cpu", progress=False)
+    other = tiny_config(toy, steps=2, learning_rate=0.002)
+    with pytest.raises(RunFolderError, match="holds a different run"):
+        train(other, run, device="cpu", progress=False)
+    with pytest.raises(RunFolderError, match="holds a different run"):
+        train(other, run, resume=True, device="cpu", progress=False)
+
+
+def test_the_same_run_without_resume_is_refused(toy, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(toy, steps=2), run, device="cpu", progress=False)
+    with pytest.raises(RunFolderError, match="pass --resume"):
+        train(tiny_config(toy, steps=4), run, device="cpu", progress=False)
+
+
+# ------------------------------------------------------------------------------------- configs
+def config_dict(**changes) -> dict:
+    values = {"name": "x", "datasets": [{"kind": "phantom", "cases": 1}]}
+    values.update(changes)
+    return values
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (config_dict(learning_rate=0.1), r"unknown key\(s\) in the config: learning_rate"),
+        (config_dict(training={"stepz": 3}), r"unknown key\(s\) in training: stepz"),
+        (config_dict(datasets=[{"kind": "phantom", "case": 3}]), r"unknown key\(s\) in datasets\[0\]: case"),
+        (config_dict(prompts={"code": "morse"}), "prompts.code must be text or onehot"),
+        (config_dict(network={"chanels": [8, 16]}), "network: unknown network setting"),
+        (config_dict(datasets=[{"kind": "atlas"}]), "kind must be phantom, mni152 or decathlon"),
+        ({"datasets": [{"kind": "phantom"}]}, "needs a 'name'"),
+    ],
+)
+def test_unknown_or_invalid_config_keys_are_config_errors(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainingConfig.from_dict(values)
+
+
+def test_a_yaml_config_with_a_typo_fails_on_load(tmp_path):
+    from DuPLUSLib.training.config import load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndatasets: [{kind: phantom}]\ntraining: {step: 10}\n")
+    with pytest.raises(ConfigError, match="step"):
+        load_config(path)
