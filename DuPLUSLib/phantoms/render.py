@@ -1,0 +1,145 @@
+"""Paint an :class:`Anatomy` into a voxel grid: per-tissue channels with partial volume, and labels.
+
+Each layer's signed distance, sampled at voxel centres, becomes a coverage fraction through a linear
+ramp one voxel wide (``0.5 - d / voxel``): a voxel half inside gets half the tissue, which is what a
+scanner's finite voxel does to an edge. Layers are composited back to front, so the image shows
+partial volume at every boundary while labels stay crisp (a structure owns a voxel when at least half
+of it is visibly that structure).
+
+Channels are whatever the imaging model needs per tissue (CT: HU and texture; ultrasound:
+echogenicity, attenuation, reflectivity); the renderer only blends vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .anatomy import Anatomy
+from .geometry import Acquisition, Warp
+
+__all__ = ["Canvas", "paint"]
+
+
+@dataclass
+class Canvas:
+    """What the renderer hands to the imaging model."""
+
+    channels: np.ndarray  # [channel, k, j, i] float32
+    labels: dict[str, np.ndarray]  # key -> bool [k, j, i]
+    body: np.ndarray  # bool [k, j, i]
+    coordinates: tuple[np.ndarray, np.ndarray, np.ndarray]  # canonical x, y, z per voxel (mm)
+
+
+def paint(
+    anatomy: Anatomy,
+    acquisition: Acquisition,
+    warp: Warp,
+    tissue_values: Callable[[str], np.ndarray],
+    background: np.ndarray,
+) -> Canvas:
+    """Render every layer; ``tissue_values(tissue)`` gives the channel vector of a tissue."""
+    px, py, pz = warp.canonical_grid(acquisition)
+    width = acquisition.voxel_size
+    background = np.asarray(background, dtype=np.float32)
+    channels = np.empty((len(background), *acquisition.shape_kji), dtype=np.float32)
+    channels[:] = background[:, None, None, None]
+
+    painted: list[tuple[int, tuple[slice, slice, slice], np.ndarray]] = []
+    for index, layer in enumerate(anatomy.layers):
+        box = acquisition.index_box(*warp.world_box(*layer.shape.bounds()))
+        if box is None:
+            continue
+        fraction = coverage_fraction(layer.shape, px[box], py[box], pz[box], acquisition.spacing, width)
+        if not fraction.any():
+            continue
+        values = np.asarray(tissue_values(layer.tissue), dtype=np.float32)
+        region = channels[(slice(None), *box)]
+        region += fraction[None] * (values[:, None, None, None] - region)
+        painted.append((index, box, fraction))
+
+    labels = _visible_labels(anatomy, painted, acquisition.shape_kji)
+    for key, parts in anatomy.label_unions.items():
+        for part in parts:
+            if part in labels and key in labels:
+                labels[key] |= labels[part]
+    body = anatomy.body.sdf(px, py, pz) < 0
+    return Canvas(channels, labels, body, (px, py, pz))
+
+
+#: Block edge (voxels) for the coarse pass of :func:`coverage_fraction`.
+BLOCK = 4
+#: How much the warp and the approximate distance functions may stretch distances (conservative).
+DISTANCE_SAFETY = 1.6
+
+
+def coverage_fraction(shape, x: np.ndarray, y: np.ndarray, z: np.ndarray, spacing, width: float) -> np.ndarray:
+    """The fraction of each voxel covered by ``shape``: a one-voxel ramp across its surface.
+
+    Most of a layer's box is far from its surface, where the answer is plainly 0 or 1. So the
+    distance is first sampled once per block of ``BLOCK``^3 voxels; only blocks the surface may cross
+    are evaluated voxel by voxel. This is what makes many-segment tubes (colon, ribs) affordable.
+    """
+    n = x.shape
+    if int(np.prod(n)) < 4 * BLOCK**3:
+        return np.clip(0.5 - shape.sdf(x, y, z) / width, 0.0, 1.0).astype(np.float32)
+    # One sample at the middle of each block (also of the last, partial one).
+    samples = []
+    for size in n:
+        starts = np.arange(0, size, BLOCK)
+        samples.append(starts + (np.minimum(BLOCK, size - starts) - 1) // 2)
+    grid = np.ix_(*samples)
+    coarse = shape.sdf(x[grid], y[grid], z[grid])
+    reach = DISTANCE_SAFETY * (BLOCK // 2) * float(np.linalg.norm(spacing)) + width
+    near = np.abs(coarse) < reach
+    fraction = (coarse < 0).astype(np.float32)
+    for axis, size in enumerate(n):
+        fraction = np.repeat(fraction, BLOCK, axis=axis).take(np.arange(size), axis=axis)
+        near = np.repeat(near, BLOCK, axis=axis).take(np.arange(size), axis=axis)
+    if near.any():
+        d = shape.sdf(x[near], y[near], z[near])
+        fraction[near] = np.clip(0.5 - d / width, 0.0, 1.0)
+    return fraction
+
+
+def _visible_labels(anatomy: Anatomy, painted, shape_kji) -> dict[str, np.ndarray]:
+    """Per structure, the voxels at least half covered by it and not by a later, foreign layer."""
+    coverage = {key: np.zeros(shape_kji, dtype=np.float32) for key in sorted(anatomy.keys)}
+    for position, (index, box, fraction) in enumerate(painted):
+        layer = anatomy.layers[index]
+        if not layer.key:
+            continue
+        visible = fraction.copy()
+        for later_index, later_box, later_fraction in painted[position + 1 :]:
+            later = anatomy.layers[later_index]
+            if later.key == layer.key or layer.key in later.within:
+                continue
+            overlap = _intersect(box, later_box)
+            if overlap is None:
+                continue
+            mine = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
+            theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, later_box))
+            visible[mine] *= 1.0 - later_fraction[theirs]
+        target = coverage[layer.key][box]
+        coverage[layer.key][box] = np.minimum(target + visible, 1.0)
+    labels = {}
+    for key, cover in coverage.items():
+        mask = cover >= 0.5
+        if not mask.any() and cover.max() > 0.05:
+            # Thinner than a voxel (an optic nerve at 4 mm): keep its most covered voxel so the
+            # structure is not silently lost at coarse resolution.
+            mask.flat[int(np.argmax(cover))] = True
+        labels[key] = mask
+    return labels
+
+
+def _intersect(a, b):
+    out = []
+    for sa, sb in zip(a, b):
+        start, stop = max(sa.start, sb.start), min(sa.stop, sb.stop)
+        if stop <= start:
+            return None
+        out.append(slice(start, stop))
+    return tuple(out)

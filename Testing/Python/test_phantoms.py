@@ -1,0 +1,181 @@
+"""The phantom generator and the MNI152 case: determinism, anatomy, appearance, files.
+
+Every case here uses a coarse 4 mm grid so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+import numpy as np
+import pytest
+
+from DuPLUSLib.imageio import read_image, read_segmentation
+from DuPLUSLib.ontology import load_ontology
+from DuPLUSLib.phantoms import DomainShift, Phantom, generate_phantom, mni152_case
+from DuPLUSLib.phantoms.cli import register, run
+
+FAST = 4.0  # mm
+
+
+def centroid_lps(phantom: Phantom, mask: np.ndarray) -> np.ndarray:
+    """A mask's centre in patient LPS millimetres, whatever the file's orientation."""
+    kji = np.argwhere(mask).mean(axis=0)
+    return phantom.image.ijk_to_lps[:3, :3] @ kji[::-1] + phantom.image.ijk_to_lps[:3, 3]
+
+
+@pytest.fixture(scope="module")
+def ct_abdomen() -> list[Phantom]:
+    return [generate_phantom("CT", "abdomen", seed, spacing=FAST) for seed in range(4)]
+
+
+def test_the_same_seed_gives_the_same_case():
+    a = generate_phantom("CT", "abdomen", 7, spacing=FAST)
+    b = generate_phantom("CT", "abdomen", 7, spacing=FAST)
+    assert np.array_equal(a.image.array, b.image.array)
+    assert all(np.array_equal(a.labels[k], b.labels[k]) for k in a.labels)
+    assert np.allclose(a.image.direction, b.image.direction)
+
+
+def test_different_seeds_give_different_cases():
+    a = generate_phantom("CT", "abdomen", 1, spacing=FAST)
+    b = generate_phantom("CT", "abdomen", 2, spacing=FAST)
+    assert a.image.array.shape != b.image.array.shape or not np.array_equal(a.image.array, b.image.array)
+
+
+def test_ct_abdomen_has_every_structure_of_the_ontology(ct_abdomen):
+    wanted = load_ontology().structures_of("CT", "abdomen")
+    for phantom in ct_abdomen:
+        assert list(phantom.labels) == wanted
+        for key in wanted:
+            assert phantom.labels[key].shape == phantom.image.array.shape
+            if load_ontology().structures[key].kind != "tumour":
+                assert phantom.labels[key].any(), f"{key} is empty in seed {phantom.seed}"
+
+
+def test_ct_abdomen_labels_lie_in_the_body_and_in_soft_tissue(ct_abdomen):
+    for phantom in ct_abdomen:
+        for key, mask in phantom.labels.items():
+            if not mask.any():
+                continue
+            assert (mask & phantom.body).sum() >= 0.95 * mask.sum(), key
+            if key != "stomach":  # the stomach holds gas
+                assert np.median(phantom.image.array[mask]) > -500, key
+
+
+def test_ct_values_are_hounsfield_units(ct_abdomen):
+    for phantom in ct_abdomen:
+        image = phantom.image.array
+        assert image.dtype == np.int16
+        outside = ~phantom.body
+        assert np.median(image[outside]) < -900  # air around the patient
+        liver = np.median(image[phantom.labels["liver"]])
+        assert 30 < liver < 150
+        assert np.median(image[phantom.labels["vertebrae"]]) > 150
+
+
+def test_organs_are_on_their_anatomical_sides(ct_abdomen):
+    for phantom in ct_abdomen:
+        body_x = centroid_lps(phantom, phantom.body)[0]
+        x = {key: centroid_lps(phantom, phantom.labels[key])[0] - body_x for key in
+             ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "inferior_vena_cava")}
+        assert x["liver"] < 0 < x["spleen"]  # LPS: +x is the patient's left
+        assert x["kidney_right"] < 0 < x["kidney_left"]
+        assert x["inferior_vena_cava"] < x["aorta"]
+        vertebrae_y = centroid_lps(phantom, phantom.labels["vertebrae"])[1]
+        for kidney in ("kidney_left", "kidney_right"):  # kidneys beside the spine, posterior
+            assert centroid_lps(phantom, phantom.labels[kidney])[1] > vertebrae_y - 40
+        assert centroid_lps(phantom, phantom.labels["aorta"])[1] < vertebrae_y  # in front of it
+
+
+def test_tumours_lie_inside_their_organs():
+    seen = 0
+    for seed in range(8):
+        phantom = generate_phantom("CT", "abdomen", seed, spacing=FAST)
+        liver_tumour = phantom.labels["liver_tumour"]
+        if liver_tumour.any():
+            seen += 1
+            assert (liver_tumour & phantom.labels["liver"]).sum() >= 0.9 * liver_tumour.sum()
+        kidney_tumour = phantom.labels["kidney_tumour"]
+        if kidney_tumour.any():
+            kidneys = phantom.labels["kidney_left"] | phantom.labels["kidney_right"]
+            assert (kidney_tumour & kidneys).sum() >= 0.9 * kidney_tumour.sum()
+    assert 2 <= seen <= 8  # most cases, not all
+
+
+def test_some_cases_are_stored_with_a_non_identity_direction():
+    directions = [generate_phantom("CT", "abdomen", seed, spacing=FAST).image.direction for seed in range(12)]
+    assert any(not np.allclose(d, np.eye(3)) for d in directions)
+
+
+def test_a_domain_shift_changes_appearance_not_anatomy():
+    plain = generate_phantom("CT", "abdomen", 3, spacing=FAST)
+    shifted = generate_phantom("CT", "abdomen", 3, spacing=FAST,
+                               shift=DomainShift(intensity_scale=1.15, intensity_offset=40, noise=2.0))
+    assert all(np.array_equal(plain.labels[k], shifted.labels[k]) for k in plain.labels)
+    liver = plain.labels["liver"]
+    assert np.median(shifted.image.array[liver]) > np.median(plain.image.array[liver]) + 30
+    coarser = generate_phantom("CT", "abdomen", 3, spacing=FAST, domain={"spacing_factor": 1.3})
+    assert coarser.image.spacing[0] == pytest.approx(1.3 * FAST)
+
+
+def test_a_written_case_reads_back_with_its_geometry(tmp_path):
+    phantom = next(p for p in (generate_phantom("CT", "abdomen", s, spacing=FAST) for s in range(12))
+                   if not np.allclose(p.image.direction, np.eye(3)))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["phantom", "--modality", "CT", "--region", "abdomen", "--seed", str(phantom.seed),
+                              "-o", str(tmp_path / "case.nrrd"), "--label", str(tmp_path / "case.seg.nrrd"),
+                              "--spacing", str(FAST)])
+    assert run(args) == 0
+    image = read_image(tmp_path / "case.nrrd")
+    assert np.array_equal(image.array, phantom.image.array)
+    assert np.allclose(image.direction, phantom.image.direction)
+    geometry, masks = read_segmentation(tmp_path / "case.seg.nrrd", load_ontology())
+    assert geometry.same_geometry(phantom.image)
+    for key, mask in phantom.labels.items():
+        assert np.array_equal(masks[key], mask), key
+
+
+# ------------------------------------------------------------------------------------- MNI152
+@pytest.fixture(scope="module")
+def mni_plain() -> Phantom:
+    return mni152_case(seed=None, resolution_mm=2)
+
+
+def test_mni_loads_without_the_network(monkeypatch):
+    from DuPLUSLib.phantoms import mni
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the MNI152 case tried to reach the network")
+
+    mni.load_template.cache_clear()
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    case = mni152_case(seed=None, resolution_mm=4)
+    assert case.labels["brain"].any()
+
+
+def test_mni_grey_and_white_matter_are_disjoint_and_inside_the_brain(mni_plain):
+    grey, white, brain = (mni_plain.labels[k] for k in ("grey_matter", "white_matter", "brain"))
+    assert mni_plain.modality == "MRI" and mni_plain.region == "brain"
+    assert not (grey & white).any()
+    assert not (grey & ~brain).any() and not (white & ~brain).any()
+    assert 1200 < mni_plain.label_volume_ml("brain") < 2200
+    assert np.median(mni_plain.image.array[white]) > np.median(mni_plain.image.array[grey])  # T1 contrast
+
+
+def test_mni_augmentation_changes_geometry_but_keeps_label_volumes(mni_plain):
+    for seed in (0, 1):
+        case = mni152_case(seed=seed, resolution_mm=2)
+        assert not (case.image.array.shape == mni_plain.image.array.shape
+                    and np.allclose(case.image.direction, mni_plain.image.direction))
+        for key in ("brain", "grey_matter", "white_matter"):
+            assert case.label_volume_ml(key) == pytest.approx(mni_plain.label_volume_ml(key), rel=0.1), key
+        assert not (case.labels["grey_matter"] & case.labels["white_matter"]).any()
+
+
+def test_mni_augmentation_is_deterministic_per_seed():
+    a, b = mni152_case(seed=5, resolution_mm=4), mni152_case(seed=5, resolution_mm=4)
+    assert np.array_equal(a.image.array, b.image.array)
+    assert np.array_equal(a.labels["grey_matter"], b.labels["grey_matter"])
