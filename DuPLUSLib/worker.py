@@ -318,5 +318,16 @@ def _serve_once(worker: Worker, signals: _StopSignals, emit: Callable[[dict], No
     return 130 if last.get("error") == "CancelledError" else 2
 
 
+def _exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown: unloading torch, MONAI and transformers takes
+    seconds, during which a quitting worker would still hold its memory and its slot."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())
