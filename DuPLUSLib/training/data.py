@@ -42,6 +42,13 @@ class TrainingCase:
     def annotated(self) -> list[str]:
         return list(self.placement)
 
+    @property
+    def present(self) -> list[str]:
+        """Annotated structures with at least one voxel here (computed once: the sampler asks often)."""
+        if not hasattr(self, "_present"):
+            self._present = [k for k in self.placement if self.mask(k).any()]
+        return self._present
+
     def mask(self, key: str, region: tuple[slice, ...] = (slice(None),) * 3) -> np.ndarray:
         layer, value = self.placement[key]
         return self.layers[(layer, *region)] == value
@@ -288,7 +295,7 @@ class PatchSampler:
     def _centre(self, case: TrainingCase) -> tuple[int, int, int]:
         if self.rng.random() < self.foreground_fraction:
             # a structure first, then a voxel of it: small structures are found as often as large ones
-            keys = [k for k in case.annotated if case.mask(k).any()]
+            keys = case.present
             if keys:
                 voxels = np.argwhere(case.mask(self.rng.choice(keys)))
                 return tuple(int(v) for v in voxels[self.np_rng.integers(len(voxels))])

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -89,9 +90,11 @@ def structure_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Se
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(y_pred, y)
     entry["dice"] = float(dice.item())
     # tensors are [k, j, i]; MONAI wants the spacing in the tensor's axis order
-    hd = compute_hausdorff_distance(
-        y_pred, y, include_background=True, percentile=95, spacing=[float(s) for s in spacing[::-1]]
-    )
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internals
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = compute_hausdorff_distance(
+            y_pred, y, include_background=True, percentile=95, spacing=[float(s) for s in spacing[::-1]]
+        )
     value = float(hd.item())
     entry["hd95_mm"] = value if math.isfinite(value) else None
     return entry

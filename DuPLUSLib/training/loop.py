@@ -150,7 +150,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
         optimiser.step()
         _update_ema(ema, network, opt.ema_decay if step > opt.warmup_steps else 0.0)
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower the learning rate")
         done = step + 1
