@@ -274,6 +274,22 @@ def test_existing_report_without_overwrite_is_refused_before_anything_is_written
     assert_refused(args, out, capsys, "r.json' already exists")
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: check_output_path accepts an existing folder when overwrite is set; "
+                                        "os.replace then raises IsADirectoryError after the whole run")
+def test_output_path_that_is_a_folder_is_refused_even_with_overwrite(ct_file, out, model, capsys):
+    (out / "a-folder").mkdir()
+    args = segment_args(ct_file, out, model, "--overwrite")
+    args[args.index("-o") + 1] = str(out / "a-folder")
+    assert_refused(args, out, capsys, "a-folder")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: segment_file does not check the --probabilities folder up front; "
+                                        "mkdir raises FileExistsError after the .seg.nrrd is already written")
+def test_probabilities_path_that_is_a_file_is_refused_before_anything_is_written(ct_file, out, model, capsys):
+    (out / "maps").write_text("a file, not a folder")
+    assert_refused(segment_args(ct_file, out, model, "--probabilities", str(out / "maps")), out, capsys, "maps")
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_on_a_machine_without_a_gpu_is_refused(ct_file, out, model, capsys):
     args = segment_args(ct_file, out, model)

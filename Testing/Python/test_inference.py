@@ -231,6 +231,19 @@ def test_existing_output_fails_before_the_work_starts(random_model, tmp_path):
     assert (tmp_path / "out.seg.nrrd").read_text() == "previous result"
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: segment_file writes probability maps with overwrite=True, "
+                                        "whatever its overwrite argument says")
+def test_existing_probability_map_is_not_replaced_without_overwrite(random_model, tmp_path):
+    image, _ = off_centre_sphere()
+    write_image(image, tmp_path / "ct.nrrd")
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "CT_abdomen_liver.nrrd").write_text("an earlier result")
+    with pytest.raises(OutputPathError):
+        segment_file(tmp_path / "ct.nrrd", ["CT/abdomen/liver"], tmp_path / "out.seg.nrrd", model=random_model,
+                     device="cpu", probabilities_dir=tmp_path / "maps")
+    assert (tmp_path / "maps" / "CT_abdomen_liver.nrrd").read_text() == "an earlier result"
+
+
 # ------------------------------------------------------------------------ report and progress
 def test_report_gives_volume_in_ml_confidence_and_terminology(bright_segmenter):
     image, _ = off_centre_sphere()
