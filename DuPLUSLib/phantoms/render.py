@@ -61,10 +61,12 @@ def paint(
         painted.append((index, box, fraction))
 
     labels = _visible_labels(anatomy, painted, acquisition.shape_kji)
-    for key, parts in anatomy.label_unions.items():
+    for key, parts in anatomy.label_unions.items():  # e.g. a PET "lesion" includes GTVp and GTVn
+        union = labels.get(key, np.zeros(acquisition.shape_kji, dtype=bool))
         for part in parts:
-            if part in labels and key in labels:
-                labels[key] |= labels[part]
+            if part in labels:
+                union = union | labels[part]
+        labels[key] = union
     body = anatomy.body.sdf(px, py, pz) < 0
     return Canvas(channels, labels, body, (px, py, pz))
 

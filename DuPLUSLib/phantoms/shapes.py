@@ -38,6 +38,10 @@ __all__ = [
     "Ripple",
     "rotation_matrix",
     "smooth_path",
+    "Scaled",
+    "Box",
+    "half_space",
+    "random_waves",
 ]
 
 
@@ -316,6 +320,48 @@ class Ripple(Shape):
         low, high = self.shape.bounds()
         reach = float(self.amplitude) * max(np.sqrt(len(self.waves)), 1.0)
         return low - reach, high + reach
+
+
+@dataclass(frozen=True)
+class Scaled(Shape):
+    """A shape scaled about the origin by ``factor`` (a neonate's head from an adult's)."""
+
+    shape: Shape
+    factor: float
+
+    def sdf(self, x, y, z):
+        f = float(self.factor)
+        return self.shape.sdf(x / f, y / f, z / f) * f
+
+    def bounds(self):
+        low, high = self.shape.bounds()
+        return low * float(self.factor), high * float(self.factor)
+
+
+def half_space(axis: int, threshold: float, keep_below: bool, extent: float = 1000.0) -> Shape:
+    """Everything on one side of an axial/sagittal/coronal plane (within ``extent`` mm), as a box."""
+    center = [0.0, 0.0, 0.0]
+    radii = [extent, extent, extent]
+    center[axis] = threshold - extent if keep_below else threshold + extent
+    return Box(tuple(center), tuple(radii))
+
+
+@dataclass(frozen=True)
+class Box(Shape):
+    """An axis-aligned box (exact distance)."""
+
+    center: Sequence[float]
+    half_sizes: Sequence[float]
+
+    def sdf(self, x, y, z):
+        q = [np.abs(c - float(m)) - float(h) for c, m, h in zip((x, y, z), self.center, self.half_sizes)]
+        outside = np.sqrt(sum(np.maximum(v, 0.0) ** 2 for v in q))
+        inside = np.minimum(np.maximum(np.maximum(q[0], q[1]), q[2]), 0.0)
+        return outside + inside
+
+    def bounds(self):
+        c, h = np.asarray(self.center, dtype=float), np.asarray(self.half_sizes, dtype=float)
+        return c - h, c + h
 
 
 def random_waves(rng: np.random.Generator, count: int, wavelength_mm: tuple[float, float]) -> tuple:
