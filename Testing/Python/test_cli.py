@@ -21,7 +21,13 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from engine_fixtures import one_thread, save_random_bundle, sphere_volume  # noqa: F401
+from engine_fixtures import (  # noqa: F401
+    one_thread,
+    right_handed_oblique_direction,
+    save_random_bundle,
+    sphere_volume,
+    write_dicom_series,
+)
 from DuPLUSLib.cli import main
 from DuPLUSLib.imageio import read_segmentation, write_image
 from DuPLUSLib.ontology import load_ontology
@@ -149,6 +155,16 @@ def test_segment_output_has_the_input_geometry(ct_file, out, model, capsys):
     assert masks["liver"].shape == sitk.GetArrayFromImage(image).shape
 
 
+def test_segment_reads_a_dicom_series_folder(tmp_path, out, model):
+    image, _ = sphere_volume(direction=right_handed_oblique_direction())
+    series = tmp_path / "series"
+    series.mkdir()
+    write_dicom_series(image, series, "1.2.826.0.1.3680043.8.498.4001")
+    assert main(segment_args(series, out, model)) == 0
+    geometry, masks = read_segmentation(out / "result.seg.nrrd", ONTOLOGY)
+    assert geometry.same_geometry(image, tolerance=1e-4)
+
+
 def test_segment_prints_a_summary_table_after_the_progress_bar(ct_file, out, model, capsys):
     assert main([*segment_args(ct_file, out, model)[:-2], "--progress", "bar"]) == 0
     captured = capsys.readouterr()
@@ -274,8 +290,6 @@ def test_existing_report_without_overwrite_is_refused_before_anything_is_written
     assert_refused(args, out, capsys, "r.json' already exists")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_output_path accepts an existing folder when overwrite is set; "
-                                        "os.replace then raises IsADirectoryError after the whole run")
 def test_output_path_that_is_a_folder_is_refused_even_with_overwrite(ct_file, out, model, capsys):
     (out / "a-folder").mkdir()
     args = segment_args(ct_file, out, model, "--overwrite")
@@ -283,8 +297,6 @@ def test_output_path_that_is_a_folder_is_refused_even_with_overwrite(ct_file, ou
     assert_refused(args, out, capsys, "a-folder")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: segment_file does not check the --probabilities folder up front; "
-                                        "mkdir raises FileExistsError after the .seg.nrrd is already written")
 def test_probabilities_path_that_is_a_file_is_refused_before_anything_is_written(ct_file, out, model, capsys):
     (out / "maps").write_text("a file, not a folder")
     assert_refused(segment_args(ct_file, out, model, "--probabilities", str(out / "maps")), out, capsys, "maps")

@@ -12,7 +12,14 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from engine_fixtures import ANISOTROPIC_SPACING, OBLIQUE_ORIGIN, oblique_direction, rotation_about, sphere_volume
+from engine_fixtures import (
+    ANISOTROPIC_SPACING,
+    OBLIQUE_ORIGIN,
+    oblique_direction,
+    right_handed_oblique_direction,
+    sphere_volume,
+    write_dicom_series,
+)
 from DuPLUSLib.errors import InputImageError, OutputPathError
 from DuPLUSLib.imageio import (
     SegmentMask,
@@ -27,7 +34,6 @@ from DuPLUSLib.imageio import (
 from DuPLUSLib.ontology import load_ontology
 
 ONTOLOGY = load_ontology()
-STUDY_UID = "1.2.826.0.1.3680043.8.498.1001"
 
 
 def assert_same_volume(read: VolumeImage, written: VolumeImage, atol: float = 1e-5) -> None:
@@ -42,40 +48,6 @@ def voxel_centres_lps(image: VolumeImage) -> np.ndarray:
     k, j, i = np.meshgrid(*(np.arange(n) for n in image.array.shape), indexing="ij")
     ijk = np.stack([i, j, k, np.ones_like(i)], axis=-1).astype(float)
     return (ijk @ image.ijk_to_lps.T)[..., :3]
-
-
-def write_dicom_series(image: VolumeImage, folder: Path, series_uid: str, modality: str = "CT") -> None:
-    """One file per slice with the tags a scanner writes, so GDCM rebuilds the volume from them."""
-    volume = to_sitk(image)
-    direction = volume.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.GetDepth()):
-        slice_ = volume[:, :, k]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": modality,
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-            "0008|0018": f"{series_uid}.{k + 1}",
-            "0020|000d": STUDY_UID,
-            "0020|000e": series_uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{c:.10g}" for c in position),
-            "0020|0037": "\\".join(f"{c:.10g}" for c in (direction[0], direction[3], direction[6],
-                                                         direction[1], direction[4], direction[7])),
-            "0028|0030": f"{volume.GetSpacing()[1]:.10g}\\{volume.GetSpacing()[0]:.10g}",
-            "0018|0050": f"{volume.GetSpacing()[2]:.10g}",
-        }
-        for tag, value in tags.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{series_uid[-4:]}_{k:03d}.dcm"))
-        writer.Execute(slice_)
-
-
-def right_handed_oblique_direction() -> np.ndarray:
-    """DICOM stores k as the normal of the slice plane, so its volumes are right-handed:
-    rotated 30 degrees about z, with the j and k axes flipped."""
-    return rotation_about("z", 30.0) @ np.diag([1.0, -1.0, -1.0])
 
 
 # --------------------------------------------------------------------------------- reading

@@ -117,6 +117,25 @@ def test_the_same_structure_in_another_context_gives_another_result(random_segme
     assert not np.allclose(thorax.probabilities["CT/thorax/aorta"], abdomen.probabilities["CT/abdomen/aorta"])
 
 
+@pytest.mark.parametrize("prompt", ["MRI/brain/white_matter", "US/pelvis/prostate"])
+def test_mri_and_ultrasound_results_do_not_depend_on_the_scanners_intensity_scale(random_segmenter, prompt):
+    image, _ = off_centre_sphere(background=40.0, foreground=900.0, noise=20.0, dtype=np.float32)
+    brighter = image.with_array(image.array * 3.0)
+    prompts = ONTOLOGY.parse(prompt)
+    first = random_segmenter.segment(image, prompts).segments[0].mask
+    second = random_segmenter.segment(brighter, prompts).segments[0].mask
+    assert first.any()
+    assert dice(first, second) > 0.99
+
+
+def test_ct_results_follow_hounsfield_units(random_segmenter):
+    image, _ = off_centre_sphere(dtype=np.float32)
+    prompts = ONTOLOGY.parse("CT/abdomen/liver")
+    first = random_segmenter.segment(image, prompts, keep_probabilities=True).probabilities["CT/abdomen/liver"]
+    second = random_segmenter.segment(image.with_array(image.array * 3.0), prompts, keep_probabilities=True)
+    assert not np.allclose(first, second.probabilities["CT/abdomen/liver"])
+
+
 def test_no_prompt_is_refused(random_segmenter):
     image, _ = off_centre_sphere()
     with pytest.raises(UnknownPromptError, match="no prompt"):
@@ -231,8 +250,6 @@ def test_existing_output_fails_before_the_work_starts(random_model, tmp_path):
     assert (tmp_path / "out.seg.nrrd").read_text() == "previous result"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: segment_file writes probability maps with overwrite=True, "
-                                        "whatever its overwrite argument says")
 def test_existing_probability_map_is_not_replaced_without_overwrite(random_model, tmp_path):
     image, _ = off_centre_sphere()
     write_image(image, tmp_path / "ct.nrrd")
