@@ -97,6 +97,8 @@ class BundleConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "BundleConfig":
+        if not isinstance(values, dict):
+            raise ModelBundleError(f"config.json must hold an object, not {type(values).__name__}")
         values = dict(values)
         if values.get("format") != BUNDLE_FORMAT:
             raise ModelBundleError(
@@ -107,9 +109,19 @@ class BundleConfig:
             raise ModelBundleError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         try:
             values["network"] = NetworkConfig.from_dict(values["network"])
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, KeyError) as error:
             raise ModelBundleError(f"invalid network config: {error}") from None
+        if not isinstance(values.get("inference"), dict):
+            raise ModelBundleError("config.json: 'inference' must be an object")
         values["inference"] = InferenceSettings.from_dict(values["inference"])
+        if not isinstance(values.get("ontology_version"), str):
+            raise ModelBundleError("config.json: 'ontology_version' must be a string such as \"1.0.0\"")
+        files = values.get("files", {})
+        if not isinstance(files, dict) or not all(
+            isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("path", "sha256"))
+            for entry in files.values()
+        ):
+            raise ModelBundleError("config.json: 'files' must map each role to {\"path\": str, \"sha256\": str}")
         return cls(**values)
 
 
@@ -214,7 +226,11 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torc
     except (SafetensorError, OSError) as error:
         raise ModelBundleError(f"model '{folder}': weights are unreadable: {error}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = network.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes than the configured network's
+        first = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
+        raise ModelBundleError(f"model '{folder}': weights do not fit the configured network: {first}") from None
     if missing or unexpected:
         raise ModelBundleError(
             f"model '{folder}': weights do not fit the configured network "

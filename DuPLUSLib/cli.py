@@ -19,14 +19,18 @@ from .errors import CancelledError, DuPLUSError
 __all__ = ["main", "build_parser"]
 
 # Subcommands that live with their own package; each module offers register(subparsers).
-PLUGGED_COMMANDS = (
-    "DuPLUSLib.phantoms.cli",
-    "DuPLUSLib.training.cli",
-    "DuPLUSLib.prognosis.cli",
-)
+# Only the module of the command being run is imported, so `duplus prompts` never loads torch.
+PLUGGED_COMMANDS = {
+    "phantom": "DuPLUSLib.phantoms.cli",
+    "train": "DuPLUSLib.training.cli",
+    "finetune": "DuPLUSLib.training.finetune",
+    "evaluate": "DuPLUSLib.training.evaluate",
+    "prognosis": "DuPLUSLib.prognosis.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``command`` given, only that plugged command's module is imported."""
     parser = argparse.ArgumentParser(
         prog="duplus",
         description="DuPLUS: text-prompted universal 3D segmentation and head-and-neck prognosis.",
@@ -55,20 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a tqdm bar, JSON lines on stdout (for the Slicer module), or nothing")
     segment.set_defaults(run=_run_segment)
 
-    for module_name in PLUGGED_COMMANDS:
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ImportError as error:  # a part not installed must not break the rest of the command
-            if module_name.split(".")[1] not in str(error):
-                raise
-            continue
+    if command in ("prompts", "segment"):
+        return parser
+    wanted = [PLUGGED_COMMANDS[command]] if command in PLUGGED_COMMANDS else PLUGGED_COMMANDS.values()
+    for module_name in dict.fromkeys(wanted):
+        module = __import__(module_name, fromlist=["register"])
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     json_errors = getattr(args, "progress", None) == "json"
     try:
         return int(args.run(args) or 0)

@@ -189,6 +189,8 @@ def to_sitk(image: VolumeImage):
 def check_output_path(path: str | os.PathLike[str], overwrite: bool) -> Path:
     """Refuse an output that exists (unless ``overwrite``) or whose folder cannot take it."""
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"'{path}' is a folder; give a file name for the output")
     if path.exists() and not overwrite:
         raise OutputPathError(f"'{path}' already exists; pass --overwrite to replace it")
     folder = path.parent
@@ -208,7 +210,10 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Itera
     path = check_output_path(path, overwrite)
     folder = path.parent
     suffix = "".join(path.suffixes) or ".tmp"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=folder)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}", dir=folder)
+    except OSError as error:  # a read-only mount passes os.access but refuses new files
+        raise OutputPathError(f"cannot write '{path}': {error.strerror or error}") from None
     os.close(handle)
     temporary_path = Path(temporary)
     try:

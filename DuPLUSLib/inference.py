@@ -294,6 +294,8 @@ def segment_file(
     outputs = [Path(p) for p in (output_path, report, preview) if p is not None]
     for path in outputs:
         check_output_path(path, overwrite)
+    if probabilities_dir is not None:
+        _check_probability_folder(Path(probabilities_dir), prompts, modality, overwrite)
     load_ontology().parse_many(prompts, modality)  # a typo fails now, not after the model loads
     progress("loading", 0.0, f"reading {Path(input_path).name}")
     image = read_image(input_path)
@@ -315,11 +317,11 @@ def segment_file(
     }
     if probabilities_dir is not None and result.probabilities:
         folder = Path(probabilities_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(exist_ok=True)
         summary["probabilities"] = {}
         for key, prob in result.probabilities.items():
-            path = folder / f"{key.replace('/', '_')}.nrrd"
-            write_image(image.with_array(prob.astype(np.float32)), path, overwrite=True)
+            path = folder / _probability_file_name(key)
+            write_image(image.with_array(prob.astype(np.float32)), path, overwrite=overwrite)
             summary["probabilities"][key] = str(path.resolve())
     if preview is not None:
         from .preview import render_preview
@@ -333,3 +335,21 @@ def segment_file(
     progress("writing", 1.0, "done")
     return summary
 
+
+def _probability_file_name(prompt_key: str) -> str:
+    return f"{prompt_key.replace('/', '_')}.nrrd"
+
+
+def _check_probability_folder(folder: Path, prompts: Sequence[str], modality: str | None, overwrite: bool) -> None:
+    """The probability-map folder must be usable before the long work starts, not after."""
+    from .errors import OutputPathError
+
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"'{folder}' is a file; --probabilities needs a folder")
+    if not folder.exists():
+        check_output_path(folder, overwrite=False)
+        return
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(f"cannot write probability maps into '{folder}': not writable")
+    for prompt in load_ontology().parse_many(prompts, modality):
+        check_output_path(folder / _probability_file_name(prompt.key), overwrite)

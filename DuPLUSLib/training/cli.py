@@ -7,9 +7,6 @@ import json
 
 __all__ = ["register"]
 
-# Commands of the adaptation and evaluation modules, which register themselves the same way.
-_OTHER_MODULES = ("DuPLUSLib.training.finetune", "DuPLUSLib.training.evaluate")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model from a YAML config (phantoms, MNI152, Decathlon data)")
@@ -22,14 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="only write a model bundle from the run's latest checkpoint (EMA weights) and stop")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_run_train)
-    for name in _OTHER_MODULES:
-        try:
-            module = __import__(name, fromlist=["register"])
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.register(sub)
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -142,7 +142,7 @@ def test_no_prompt_is_refused(random_segmenter):
         random_segmenter.segment(image, [])
 
 
-def test_a_modality_the_model_has_no_stem_for_is_refused(tmp_path):
+def test_a_modality_the_model_has_no_stem_for_is_refused():
     config = small_network_config()
     config.modalities = ("CT",)
     segmenter = Segmenter(bundle_of(DuPLUSNet(config)), device="cpu")

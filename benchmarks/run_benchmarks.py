@@ -1,0 +1,355 @@
+"""Speed and memory of the DuPLUS engine on this machine: writes BENCHMARKS.md and a JSON of the raw figures.
+
+    python benchmarks/run_benchmarks.py                 # everything (about 15 minutes on 2 cores)
+    python benchmarks/run_benchmarks.py --only 2 3 5    # some items
+    python benchmarks/run_benchmarks.py --quick         # small sizes, one repeat: a smoke run
+
+Each figure is the median of several repeats after a warm-up, from one run on one machine; the
+machine's cores and torch threads are printed with the table. Items follow issue 6:
+
+1. segmentation time and peak RSS for three volume sizes (10 structures), and the slope against voxels
+2. one backbone pass for 1, 5 and 20 prompts against the same prompts one pass each
+3. the DuPLUS network against the same network without prompts, and against MONAI's DynUNet
+4. end to end through the worker: a cold start against a warm worker
+5. achieved FLOP rate of a forward pass against this machine's measured matrix-multiply peak
+6. a 512 x 512 x 300 CT with 10 structures: wall time and peak RSS against 60 s and 4 GB
+7. prognosis: fitting on 1,000 patients and predicting one, with and without image features
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TEN_STRUCTURES = [
+    "CT/abdomen/liver", "CT/abdomen/spleen", "CT/abdomen/pancreas", "CT/abdomen/stomach",
+    "CT/abdomen/kidney_left", "CT/abdomen/kidney_right", "CT/abdomen/aorta",
+    "CT/abdomen/inferior_vena_cava", "CT/abdomen/gallbladder", "CT/abdomen/vertebrae",
+]
+
+
+# ---------------------------------------------------------------------------------- helpers
+def median_time(run: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ct_volume(shape_ijk: tuple[int, int, int], spacing: tuple[float, float, float]):
+    """A CT-like volume of the given size: the bundled sample phantom resampled onto that grid."""
+    from DuPLUSLib.imageio import VolumeImage, read_image
+    from DuPLUSLib.preprocessing import resample_onto
+    from DuPLUSLib.samples import sample_volume_path
+
+    sample = read_image(sample_volume_path())
+    centre = sample.ijk_to_lps @ np.array([*(np.array(sample.shape_ijk) / 2), 1.0])
+    extent = np.array(shape_ijk) * np.array(spacing)
+    target = VolumeImage(np.zeros(shape_ijk[::-1], np.uint8), spacing, tuple(centre[:3] - extent / 2))
+    return target.with_array(resample_onto(sample, target, "linear", -1000.0).astype(np.int16))
+
+
+def load_model(model: str | None):
+    from DuPLUSLib.bundle import load_bundle
+
+    return load_bundle(model)
+
+
+# ------------------------------------------------------------------------------------ items
+def child_segment(args: argparse.Namespace) -> None:
+    """Runs in a fresh process so its peak RSS is the segmentation's own."""
+    from DuPLUSLib.inference import Segmenter
+
+    shape = tuple(int(s) for s in args.shape.split("x"))
+    image = ct_volume(shape, (0.8, 0.8, 1.5))
+    segmenter = Segmenter(load_model(args.model), device="cpu")
+    prompts = segmenter.parse_prompts(TEN_STRUCTURES)
+    start = time.perf_counter()
+    result = segmenter.segment(image, prompts)
+    seconds = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 2**20, "voxels": int(np.prod(shape)),
+                      "timings": result.timings}))
+
+
+def run_child(model: str | None, shape: str) -> dict:
+    command = [sys.executable, __file__, "--child", "segment", "--shape", shape]
+    if model:
+        command += ["--model", model]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def item_sizes(model, repeats, quick) -> dict:
+    shapes = ["128x128x64", "256x256x150"] + ([] if quick else ["512x512x300"])
+    rows = []
+    for shape in shapes:
+        runs = [run_child(model, shape) for _ in range(repeats)]
+        rows.append({
+            "shape": shape,
+            "voxels": runs[0]["voxels"],
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "stages": runs[0]["timings"],
+        })
+    voxels = np.array([r["voxels"] for r in rows], float)
+    seconds = np.array([r["seconds"] for r in rows])
+    slope = float(np.polyfit(voxels / 1e6, seconds, 1)[0]) if len(rows) > 1 else float("nan")
+    return {"rows": rows, "seconds_per_megavoxel": slope}
+
+
+def item_prompts(network, repeats) -> dict:
+    size = network_patch(network)
+    x = torch.randn(1, 1, *size)
+    context = torch.randn(network.config.text_dim)
+    rows = []
+    with torch.inference_mode():
+        for n in (1, 5, 20):
+            targets = torch.randn(n, network.config.text_dim)
+            joint = median_time(lambda: network(x, "CT", context, targets), repeats)
+            separate = median_time(lambda: [network(x, "CT", context, targets[i:i + 1]) for i in range(n)], max(1, repeats // 2))
+            rows.append({"prompts": n, "one_pass_s": joint, "separate_passes_s": separate})
+    one = rows[0]["one_pass_s"]
+    for row in rows:
+        row["vs_one_prompt"] = row["one_pass_s"] / one
+    return {"rows": rows, "goal": "20 prompts <= 1.3 x one prompt", "met": rows[-1]["vs_one_prompt"] <= 1.3}
+
+
+WINDOW = [(96, 96, 96)]  # replaced in main() by the model's own inference window
+
+
+def network_patch(network) -> tuple[int, int, int]:
+    return WINDOW[0]
+
+
+def item_conditioning(network, repeats) -> dict:
+    from monai.networks.nets import DynUNet
+
+    from DuPLUSLib.network import DuPLUSNet
+
+    config = network.config
+    plain = DuPLUSNet(type(config)(**{**config.to_dict(), "conditioning": "none"})).eval()
+    channels = list(config.channels)
+    dynunet = DynUNet(3, 1, 10, kernel_size=[3] * len(channels), strides=[1] + [2] * (len(channels) - 1),
+                      upsample_kernel_size=[2] * (len(channels) - 1), filters=channels, res_block=True).eval()
+    x = torch.randn(1, 1, *network_patch(network))
+    context = torch.randn(config.text_dim)
+    targets = torch.randn(10, config.text_dim)
+    with torch.inference_mode():
+        duplus = median_time(lambda: network(x, "CT", context, targets), repeats)
+        unconditioned = median_time(lambda: plain.head(plain.forward_features(x, "CT", context), targets), repeats)
+        backbone_only = median_time(lambda: plain.forward_features(x, "CT", context), repeats)
+        monai = median_time(lambda: dynunet(x), repeats)
+    return {
+        "duplus_s": duplus, "same_net_no_context_s": unconditioned, "backbone_no_prompts_s": backbone_only,
+        "monai_dynunet_s": monai,
+        "ratio_vs_no_prompts": duplus / backbone_only, "ratio_vs_dynunet": duplus / monai,
+        "goal": "<= 1.15 x the same network without prompts", "met": duplus / backbone_only <= 1.15,
+    }
+
+
+def item_worker(model, repeats) -> dict:
+    from DuPLUSLib.imageio import write_image
+
+    folder = Path(tempfile.mkdtemp(prefix="duplus-bench-"))
+    write_image(ct_volume((96, 96, 48), (1.5, 1.5, 3.0)), folder / "small.nrrd")
+
+    def request(i: int) -> str:
+        return json.dumps({"id": str(i), "input": str(folder / "small.nrrd"), "prompts": ["CT/abdomen/liver"],
+                           "output": str(folder / f"out{i}.seg.nrrd"), "model": model, "device": "cpu",
+                           "overwrite": True}) + "\n"
+
+    def wait_done(process) -> None:
+        for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] in ("done", "error"):
+                if event["event"] == "error":
+                    raise RuntimeError(event["message"])
+                return
+
+    cold, warm = [], []
+    for i in range(repeats):
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, "-m", "DuPLUSLib.worker"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, bufsize=1)
+        process.stdin.write(request(2 * i))
+        process.stdin.flush()
+        wait_done(process)
+        cold.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        process.stdin.write(request(2 * i + 1))
+        process.stdin.flush()
+        wait_done(process)
+        warm.append(time.perf_counter() - start)
+        process.stdin.close()
+        process.wait(timeout=30)
+    cold_s, warm_s = statistics.median(cold), statistics.median(warm)
+    return {"cold_s": cold_s, "warm_s": warm_s, "speed_up": cold_s / warm_s,
+            "goal": "warm second run >= 2 x faster", "met": cold_s / warm_s >= 2}
+
+
+def matmul_peak(dtype: torch.dtype, repeats: int) -> float:
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    seconds = median_time(lambda: a @ b, repeats)
+    return 2 * n**3 / seconds
+
+
+def item_flops(network, repeats) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from DuPLUSLib.devices import autocast_dtype
+
+    x = torch.randn(1, 1, *network_patch(network))
+    context = torch.randn(network.config.text_dim)
+    targets = torch.randn(10, network.config.text_dim)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        network(x, "CT", context, targets)
+    flops = counter.get_total_flops()
+    dtype = autocast_dtype(torch.device("cpu"))
+    rows = {}
+    for name, precision in (("fp32", None), ("bf16", torch.bfloat16)):
+        def run():
+            with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+                network(x, "CT", context, targets)
+        with torch.inference_mode():
+            seconds = median_time(run, repeats)
+        peak = matmul_peak(precision or torch.float32, repeats)
+        rows[name] = {"seconds": seconds, "gflops_per_s": flops / seconds / 1e9,
+                      "matmul_peak_gflops_per_s": peak / 1e9, "fraction_of_peak": flops / seconds / peak}
+    used = "bf16" if dtype == torch.bfloat16 else "fp32"
+    return {"gflop_per_window": flops / 1e9, "window": list(network_patch(network)), "rows": rows,
+            "precision_used_by_inference": used,
+            "goal": ">= 30% of the matrix-multiply peak", "met": rows[used]["fraction_of_peak"] >= 0.3}
+
+
+def item_ct(model, repeats) -> dict:
+    runs = [run_child(model, "512x512x300") for _ in range(repeats)]
+    seconds = statistics.median(r["seconds"] for r in runs)
+    peak = max(r["peak_rss_gb"] for r in runs)
+    return {"seconds": seconds, "peak_rss_gb": peak, "stages": runs[0]["timings"],
+            "goal": "<= 60 s and <= 4 GB", "met": seconds <= 60 and peak <= 4}
+
+
+def item_prognosis(repeats) -> dict:
+    try:
+        from DuPLUSLib.prognosis.benchmark import fit_and_predict_timings
+    except ImportError as error:
+        return {"skipped": f"prognosis benchmark hook not available: {error}"}
+    return fit_and_predict_timings(n_patients=1000, repeats=repeats)
+
+
+# ------------------------------------------------------------------------------------ report
+def machine() -> dict:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = ["# Benchmarks", "",
+             f"Measured by `python benchmarks/run_benchmarks.py` on {m['cores']} cores, torch {m['torch']} with "
+             f"{m['torch_threads']} threads, model `{results['model']}`. Medians of {results['repeats']} repeats after a "
+             "warm-up; raw figures in `benchmarks/results.json`.", ""]
+    r = results["items"]
+    if "1" in r:
+        lines += ["## 1. Volume size (10 structures, CPU)", "", "| volume | voxels | seconds | peak RSS GB |", "|---|---:|---:|---:|"]
+        lines += [f"| {row['shape']} | {row['voxels']:,} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} |" for row in r["1"]["rows"]]
+        lines += ["", f"Slope: {r['1']['seconds_per_megavoxel']:.2f} s per million input voxels.", ""]
+    if "2" in r:
+        lines += ["## 2. Prompts per backbone pass (one model window)", "", "| prompts | one pass s | separate passes s | vs one prompt |", "|---:|---:|---:|---:|"]
+        lines += [f"| {row['prompts']} | {row['one_pass_s']:.3f} | {row['separate_passes_s']:.3f} | {row['vs_one_prompt']:.2f}x |" for row in r["2"]["rows"]]
+        lines += ["", f"Goal {r['2']['goal']}: {'met' if r['2']['met'] else 'missed'}.", ""]
+    if "3" in r:
+        c = r["3"]
+        lines += ["## 3. Cost of conditioning (one model window, 10 prompts)", "", "| network | seconds |", "|---|---:|",
+                  f"| DuPLUS (FiLM context + dynamic head) | {c['duplus_s']:.3f} |",
+                  f"| same network, no context conditioning | {c['same_net_no_context_s']:.3f} |",
+                  f"| same backbone, no prompts at all | {c['backbone_no_prompts_s']:.3f} |",
+                  f"| MONAI DynUNet, same filters, residual | {c['monai_dynunet_s']:.3f} |", "",
+                  f"DuPLUS / no prompts: {c['ratio_vs_no_prompts']:.2f}x; DuPLUS / DynUNet: {c['ratio_vs_dynunet']:.2f}x. "
+                  f"Goal {c['goal']}: {'met' if c['met'] else 'missed'}.", ""]
+    if "4" in r:
+        w = r["4"]
+        lines += ["## 4. Worker: cold start against warm", "", f"Cold (new process, model load): {w['cold_s']:.1f} s; "
+                  f"warm second run: {w['warm_s']:.1f} s; {w['speed_up']:.1f}x. Goal {w['goal']}: {'met' if w['met'] else 'missed'}.", ""]
+    if "5" in r:
+        f = r["5"]
+        lines += ["## 5. Achieved rate against the matrix-multiply peak", "",
+                  f"{f['gflop_per_window']:.1f} GFLOP per {'x'.join(map(str, f['window']))} window (10 prompts).", "",
+                  "| precision | seconds | GFLOP/s | matmul peak GFLOP/s | fraction |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {k} | {v['seconds']:.3f} | {v['gflops_per_s']:.0f} | {v['matmul_peak_gflops_per_s']:.0f} | {v['fraction_of_peak']:.0%} |" for k, v in f["rows"].items()]
+        lines += ["", f"Inference uses {f['precision_used_by_inference']}. Goal {f['goal']}: {'met' if f['met'] else 'missed'}.", ""]
+    if "6" in r:
+        c = r["6"]
+        lines += ["## 6. A 512 x 512 x 300 CT, 10 structures, CPU", "",
+                  f"{c['seconds']:.1f} s wall, {c['peak_rss_gb']:.2f} GB peak RSS; stages: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in c["stages"].items())
+                  + f". Goal {c['goal']}: {'met' if c['met'] else 'missed'}.", ""]
+    if "7" in r:
+        lines += ["## 7. Prognosis", "", "```", json.dumps(r["7"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder (default: the bundled model)")
+    parser.add_argument("--only", nargs="*", default=[str(i) for i in range(1, 8)])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--shape", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "segment":
+        child_segment(args)
+        return 0
+    repeats = 1 if args.quick else args.repeats
+    bundle = load_model(args.model)
+    network = bundle.network.eval()
+    WINDOW[0] = tuple(bundle.config.inference.patch_size)
+    results = {"machine": machine(), "model": args.model or "bundled default", "repeats": repeats, "items": {}}
+    print(json.dumps(results["machine"]))
+    steps = {
+        "1": lambda: item_sizes(args.model, repeats, args.quick),
+        "2": lambda: item_prompts(network, repeats),
+        "3": lambda: item_conditioning(network, repeats),
+        "4": lambda: item_worker(args.model, repeats),
+        "5": lambda: item_flops(network, repeats),
+        "6": lambda: item_ct(args.model, repeats),
+        "7": lambda: item_prognosis(repeats),
+    }
+    for key in args.only:
+        if key == "6" and args.quick:
+            continue
+        print(f"item {key} ...", flush=True)
+        results["items"][key] = steps[key]()
+    Path(args.output).write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    Path(args.markdown).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
