@@ -93,9 +93,11 @@ def generate_phantom(
     image_array = model.finish(canvas, acquisition)
     labels = {key: canvas.labels.get(key, np.zeros(acquisition.shape_kji, dtype=bool)) for key in wanted}
     body = canvas.body
-    if getattr(model, "field_of_view", None) is not None:
+    notes = {"plane": acquisition.plane, **anatomy.notes}
+    if getattr(model, "field_of_view", None) is not None:  # ultrasound: nothing is seen outside the fan
         body = body & model.field_of_view
         labels = {key: mask & model.field_of_view for key, mask in labels.items()}
+        notes["field_of_view"] = model.field_of_view
     image = VolumeImage(
         array=image_array,
         spacing=acquisition.spacing,
@@ -103,8 +105,7 @@ def generate_phantom(
         direction=acquisition.direction,
         metadata={"DuPLUS.Phantom": f"{modality}/{region}/{seed}", "DuPLUS.Protocol": model.protocol},
     )
-    return Phantom(image, labels, modality, region, seed, body, model.protocol,
-                   notes={"plane": acquisition.plane, **anatomy.notes})
+    return Phantom(image, labels, modality, region, seed, body, model.protocol, notes=notes)
 
 
 def _check_context(ontology: Ontology, modality: str, region: str) -> tuple[str, str]:

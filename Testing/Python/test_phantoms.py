@@ -27,7 +27,7 @@ def centroid_lps(phantom: Phantom, mask: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ct_abdomen() -> list[Phantom]:
-    return [generate_phantom("CT", "abdomen", seed, spacing=FAST) for seed in range(4)]
+    return [generate_phantom("CT", "abdomen", seed, spacing=FAST) for seed in range(6)]
 
 
 def test_the_same_seed_gives_the_same_case():
@@ -89,10 +89,9 @@ def test_organs_are_on_their_anatomical_sides(ct_abdomen):
         assert centroid_lps(phantom, phantom.labels["aorta"])[1] < vertebrae_y  # in front of it
 
 
-def test_tumours_lie_inside_their_organs():
+def test_tumours_lie_inside_their_organs(ct_abdomen):
     seen = 0
-    for seed in range(8):
-        phantom = generate_phantom("CT", "abdomen", seed, spacing=FAST)
+    for phantom in ct_abdomen:
         liver_tumour = phantom.labels["liver_tumour"]
         if liver_tumour.any():
             seen += 1
@@ -101,12 +100,11 @@ def test_tumours_lie_inside_their_organs():
         if kidney_tumour.any():
             kidneys = phantom.labels["kidney_left"] | phantom.labels["kidney_right"]
             assert (kidney_tumour & kidneys).sum() >= 0.9 * kidney_tumour.sum()
-    assert 2 <= seen <= 8  # most cases, not all
+    assert 1 <= seen <= 6  # most cases, not necessarily all
 
 
-def test_some_cases_are_stored_with_a_non_identity_direction():
-    directions = [generate_phantom("CT", "abdomen", seed, spacing=FAST).image.direction for seed in range(12)]
-    assert any(not np.allclose(d, np.eye(3)) for d in directions)
+def test_some_cases_are_stored_with_a_non_identity_direction(ct_abdomen):
+    assert any(not np.allclose(p.image.direction, np.eye(3)) for p in ct_abdomen)
 
 
 def test_a_domain_shift_changes_appearance_not_anatomy():
@@ -120,9 +118,8 @@ def test_a_domain_shift_changes_appearance_not_anatomy():
     assert coarser.image.spacing[0] == pytest.approx(1.3 * FAST)
 
 
-def test_a_written_case_reads_back_with_its_geometry(tmp_path):
-    phantom = next(p for p in (generate_phantom("CT", "abdomen", s, spacing=FAST) for s in range(12))
-                   if not np.allclose(p.image.direction, np.eye(3)))
+def test_a_written_case_reads_back_with_its_geometry(tmp_path, ct_abdomen):
+    phantom = next(p for p in ct_abdomen if not np.allclose(p.image.direction, np.eye(3)))
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["phantom", "--modality", "CT", "--region", "abdomen", "--seed", str(phantom.seed),
@@ -136,6 +133,104 @@ def test_a_written_case_reads_back_with_its_geometry(tmp_path):
     assert geometry.same_geometry(phantom.image)
     for key, mask in phantom.labels.items():
         assert np.array_equal(masks[key], mask), key
+
+
+# ------------------------------------------------------------------------- every modality and region
+CONTEXTS = load_ontology().contexts()
+
+
+@pytest.mark.parametrize("modality,region", CONTEXTS, ids=[f"{m}-{r}" for m, r in CONTEXTS])
+def test_every_context_generates_all_its_structures(modality, region):
+    ontology = load_ontology()
+    wanted = ontology.structures_of(modality, region)
+    present = {key: 0 for key in wanted}
+    for seed in (0, 1):
+        phantom = generate_phantom(modality, region, seed, spacing=FAST)
+        assert list(phantom.labels) == wanted
+        assert phantom.image.array.shape == phantom.body.shape
+        assert np.isfinite(phantom.image.array).all()
+        for key, mask in phantom.labels.items():
+            assert mask.dtype == bool and mask.shape == phantom.image.array.shape
+            present[key] += int(mask.any())
+            if mask.any():
+                assert (mask & phantom.body).sum() >= 0.9 * mask.sum(), f"{key} lies outside the body"
+    for key, count in present.items():
+        if ontology.structures[key].kind != "tumour":
+            assert count == 2, f"{modality}/{region}: {key} is missing"
+
+
+def test_head_and_neck_organs_are_on_their_sides():
+    phantom = generate_phantom("CT", "head_neck", 4, spacing=FAST)
+    centre = centroid_lps(phantom, phantom.body)
+    for pair in ("parotid", "submandibular", "eye", "optic_nerve"):
+        assert centroid_lps(phantom, phantom.labels[f"{pair}_left"])[0] > centre[0] > \
+            centroid_lps(phantom, phantom.labels[f"{pair}_right"])[0], pair
+    z = {key: centroid_lps(phantom, phantom.labels[key])[2] for key in ("eye_left", "parotid_left", "thyroid", "brainstem")}
+    assert z["eye_left"] > z["parotid_left"] > z["thyroid"]
+    assert z["brainstem"] > z["thyroid"]
+
+
+def test_thorax_lungs_flank_the_heart_and_the_aorta_descends_left_of_the_spine():
+    phantom = generate_phantom("CT", "thorax", 2, spacing=FAST)
+    x = {key: centroid_lps(phantom, phantom.labels[key])[0] for key in ("lung_left", "lung_right", "heart")}
+    assert x["lung_right"] < x["heart"] < x["lung_left"]
+    assert x["heart"] > centroid_lps(phantom, phantom.body)[0]  # the heart leans left
+    lungs = phantom.labels["lung_left"] | phantom.labels["lung_right"]
+    assert np.median(phantom.image.array[lungs]) < -600
+
+
+def test_mri_heart_has_a_myocardial_ring_round_the_left_ventricle():
+    phantom = generate_phantom("MRI", "thorax", 3, spacing=(2.0, 2.0, 8.0))
+    lv, myo, rv = (phantom.labels[k] for k in ("left_ventricle", "myocardium", "right_ventricle"))
+    assert lv.any() and myo.any() and rv.any()
+    assert not (lv & myo).any()
+    assert np.median(phantom.image.array[lv]) > np.median(phantom.image.array[myo])  # bright blood in cine
+
+
+def test_pelvis_femoral_heads_are_on_their_sides():
+    phantom = generate_phantom("CT", "pelvis", 5, spacing=FAST)
+    assert centroid_lps(phantom, phantom.labels["femoral_head_left"])[0] > \
+        centroid_lps(phantom, phantom.labels["femoral_head_right"])[0]
+    assert np.median(phantom.image.array[phantom.labels["femoral_head_left"]]) > 200
+
+
+def test_ultrasound_is_zero_outside_its_fan_and_labels_stay_inside_it():
+    for region in ("abdomen", "pelvis"):
+        phantom = generate_phantom("US", region, 0, spacing=FAST)
+        image = phantom.image.array
+        fan = phantom.notes.get("field_of_view")
+        assert fan is not None and 0.2 < fan.mean() < 0.9
+        assert (image[~fan] == 0).all()
+        assert image[fan].mean() > 10
+        assert not np.allclose(phantom.image.direction, np.eye(3))  # the probe's own, oblique axes
+        for mask in phantom.labels.values():
+            assert not (mask & ~fan).any()
+
+
+def test_pet_is_in_suv_with_hot_bladder_and_a_lesion_label_covering_the_gtvs():
+    pelvis = generate_phantom("PET", "pelvis", 0, spacing=FAST)
+    background = np.median(pelvis.image.array[pelvis.body])
+    assert 0.1 < background < 1.5
+    assert np.median(pelvis.image.array[pelvis.labels["bladder"]]) > 3 * background
+    for seed in range(6):
+        phantom = generate_phantom("PET", "head_neck", seed, spacing=FAST)
+        gtvs = phantom.labels["gtvp"] | phantom.labels["gtvn"]
+        assert not (gtvs & ~phantom.labels["lesion"]).any()
+
+
+def test_mri_intensity_carries_a_bias_field_and_its_protocol():
+    phantom = generate_phantom("MRI", "brain", 0, spacing=FAST)
+    assert phantom.protocol in ("t1", "t2")
+    assert phantom.image.metadata["DuPLUS.Protocol"] == phantom.protocol
+    white = phantom.image.array[phantom.labels["white_matter"]]
+    assert white.std() / white.mean() > 0.03  # bias and noise make tissue non-uniform
+
+
+def test_an_unknown_region_is_refused_with_the_choices():
+    from DuPLUSLib.errors import UnknownPromptError
+
+    with pytest.raises(UnknownPromptError, match="abdomen"):
+        generate_phantom("CT", "knee", 0)
 
 
 # ------------------------------------------------------------------------------------- MNI152

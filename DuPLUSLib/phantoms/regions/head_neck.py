@@ -23,7 +23,8 @@ def build_head_neck(rng: np.random.Generator, modality: str) -> Anatomy:
     neck_r = float(rng.uniform(52, 64))
     neck = EllipticCylinder((0, 15), (neck_r, neck_r * 0.95), (-260, 40))
     shoulders = EllipticCylinder((0, 25), (175, 95), (-500, -150))
-    body = SmoothUnion((head, face, neck, shoulders), 25.0)
+    jaw = Ellipsoid((0, -28, -5), (48, 42, 35))  # floor of the mouth and submandibular region
+    body = SmoothUnion((head, face, jaw, neck, shoulders), 25.0)
     anatomy = Anatomy("head_neck", [], body, fov_center=np.array([0.0, 0.0, -25.0]),
                       fov_size=np.array([230.0, 250.0, rng.uniform(230, 270)]))
     anatomy.add(body, "skin")
@@ -63,7 +64,8 @@ def build_head_neck(rng: np.random.Generator, modality: str) -> Anatomy:
     for side, suffix in ((-1, "right"), (1, "left")):
         parotid = Ellipsoid(jitter(rng, (side * 50, 20, 32), 3), scale(rng, (10, 18, 23), 0.12))
         anatomy.add(Intersection((parotid, Offset(body, -3))), "gland", f"parotid_{suffix}")
-        anatomy.add(Ellipsoid(jitter(rng, (side * 32, -22, -22), 3), scale(rng, (11, 13, 9), 0.12)), "gland", f"submandibular_{suffix}")
+        submandibular = Ellipsoid(jitter(rng, (side * 29, -18, -22), 3), scale(rng, (10, 12, 9), 0.12))
+        anatomy.add(Intersection((submandibular, Offset(body, -3))), "gland", f"submandibular_{suffix}")
         eye = np.array([side * 32, -60, 78.0])
         anatomy.add(Ellipsoid(eye + (0, 8, 0), (17, 24, 16)), "fat")  # orbital fat
         anatomy.add(Ellipsoid(eye, (12, 12, 12)), "eye", f"eye_{suffix}")

@@ -109,7 +109,8 @@ def _add_heart(anatomy: Anatomy, rng: np.random.Generator, modality: str) -> Non
     anatomy.add(lv_cavity, "blood", "left_ventricle", within=("heart",))
     for _ in range(2):  # papillary muscles
         tip = lv_c + axis @ np.array([rng.uniform(-12, 12), rng.uniform(-12, 12), -20.0])
-        anatomy.add(Ellipsoid(tip, (4, 4, 9), axis), "myocardium", "myocardium", within=("heart", "left_ventricle"))
+        # Counted in the cavity, as cardiac MR contours usually do; not in the myocardial ring.
+        anatomy.add(Ellipsoid(tip, (4, 4, 9), axis), "myocardium", within=("heart", "left_ventricle"))
     if modality == "US" and rng.random() < TUMOUR_PROBABILITY:
         # A mass on the wall of a chamber (thrombus or myxoma): the echo "lesion".
         chamber = lv_cavity if rng.random() < 0.6 else Offset(la, -3)
