@@ -1,0 +1,213 @@
+"""A prognosis model folder: JSON for what a person reads, safetensors for the numbers, sha256 for both.
+
+    prognosis_model/
+      prognosis.json          format, config, feature names, text encoder, risk groups with their
+                              Kaplan-Meier curves, training provenance, the weights file's sha256
+      weights.safetensors     feature transforms, the survival head, its bootstrap replicates and
+                              their Breslow baseline hazards (never pickle: loading runs no code)
+
+Like the segmentation bundle, every file is checked against its sha256 before use and a path that
+points outside the folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..bundle import sha256_of
+from ..errors import ModelBundleError, OutputPathError
+from .ehr import EHRRecord, ehr_sentence
+from .features import BlockTransform, FeatureSpace, PatientInputs, encode_patients
+from .model import FittedHead, PrognosisConfig, PrognosisModel, SurvivalHead
+from .readout import PatientReadout, RiskReference, horizon_in_unit
+
+__all__ = ["PROGNOSIS_FORMAT", "PrognosisBundle", "load_prognosis_bundle", "default_prognosis_dir"]
+
+PROGNOSIS_FORMAT = "duplus-prognosis/1"
+CONFIG_FILE = "prognosis.json"
+WEIGHTS_FILE = "weights.safetensors"
+HORIZONS_YEARS = (2.0, 5.0)
+
+
+def default_prognosis_dir() -> Path:
+    """The EHR model shipped with the library (trained on lifelines' larynx cohort; see PROGNOSIS_CARD.md)."""
+    return Path(str(resources.files("DuPLUSLib").joinpath("resources/prognosis")))
+
+
+@dataclass
+class PrognosisBundle:
+    """A trained model with its reference cohort summary, ready to give a :class:`PatientReadout`."""
+
+    model: PrognosisModel
+    reference: RiskReference
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {"id": "sentence-transformers/all-MiniLM-L6-v2", "path": None})
+    image_features: dict[str, Any] = field(default_factory=dict)  # {"measurements": [...], "deep_model": ...}
+    training: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    _encoder: Any = None
+
+    @property
+    def uses_text(self) -> bool:
+        return "text" in self.model.config.use
+
+    @property
+    def uses_image(self) -> bool:
+        return bool({"image", "deep"} & set(self.model.config.use))
+
+    def encoder(self):
+        """The text encoder, loaded on first need (about 2 s) and kept."""
+        if self._encoder is None and self.uses_text:
+            from ..text import TextEncoder
+
+            self._encoder = TextEncoder(self.text_encoder.get("path"))
+        return self._encoder
+
+    # ------------------------------------------------------------------------------- readout
+    def inputs(self, records: Sequence[EHRRecord], image: np.ndarray | None = None,
+               deep: np.ndarray | None = None) -> PatientInputs:
+        if self.uses_image and image is None:
+            raise ModelBundleError(
+                "this prognosis model uses image features: give the CT and its tumour segmentation"
+            )
+        return encode_patients(records, self.encoder(), image, self.image_features.get("measurements", ()), deep)
+
+    def readout(self, record: EHRRecord, image: np.ndarray | None = None, deep: np.ndarray | None = None,
+                image_values: dict[str, float] | None = None) -> PatientReadout:
+        """Risk, percentile, group, S(2y) and S(5y) with 95% intervals, and the curve to plot."""
+        inputs = self.inputs([record], image, deep)
+        unit = self.reference.time_unit
+        risk = float(self.model.predict_risk(inputs)[0])
+        grid = np.linspace(0.0, self.reference.max_follow_up, 200)
+        horizons = [horizon_in_unit(y, unit) for y in HORIZONS_YEARS]
+        times = np.concatenate([grid, horizons])
+        point = self.model.predict_survival_function(inputs, times)[0]
+        lower, upper = (b[0] for b in self.model.predict_survival_interval(inputs, times))
+        survival = {}
+        for offset, (years, t) in enumerate(zip(HORIZONS_YEARS, horizons)):
+            j = len(grid) + offset
+            survival[f"{years:g}y"] = {"time": float(t), "estimate": float(point[j]), "lower": float(lower[j]),
+                                       "upper": float(upper[j]), "beyond_follow_up": bool(t > self.reference.max_follow_up)}
+        return PatientReadout(
+            sentence=ehr_sentence(record), risk_score=risk, hazard_ratio=float(np.exp(risk)),
+            percentile=self.reference.percentile(risk), risk_group=self.reference.group_of(risk),
+            survival=survival, curve_times=[float(t) for t in grid], curve=[float(v) for v in point[: len(grid)]],
+            curve_lower=[float(v) for v in lower[: len(grid)]], curve_upper=[float(v) for v in upper[: len(grid)]],
+            time_unit=unit, image_features=dict(image_values or {}),
+        )
+
+    # ---------------------------------------------------------------------------- persistence
+    def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Write the folder atomically: into a sibling temporary folder, then renamed into place."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()) and not overwrite:
+            raise OutputPathError(f"model folder '{folder}' exists and is not empty; choose another or pass --overwrite")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            arrays = _model_arrays(self.model)
+            save_file({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in arrays.items()},
+                      str(staging / WEIGHTS_FILE), metadata={"format": PROGNOSIS_FORMAT})
+            config = {
+                "format": PROGNOSIS_FORMAT,
+                "model": self.model.config.to_dict(),
+                "epochs": self.model.epochs,
+                "feature_names": {n: b.names for n, b in self.model.features.blocks.items()},
+                "replicates": len(self.model.replicates),
+                "text_encoder": self.text_encoder,
+                "image_features": self.image_features,
+                "reference": self.reference.to_dict(),
+                "training": self.training,
+                "files": {"weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}},
+            }
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+            if folder.exists():
+                for child in folder.iterdir():
+                    child.unlink()
+                folder.rmdir()
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes 0700; a shared model folder needs normal rights
+            for child in staging.iterdir():
+                os.chmod(child, 0o666 & ~mask)
+            staging.rename(folder)
+        except BaseException:
+            for child in staging.iterdir():
+                child.unlink()
+            staging.rmdir()
+            raise
+        self.path = folder
+        return folder
+
+
+def _model_arrays(model: PrognosisModel) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, block in model.features.blocks.items():
+        arrays.update(block.arrays(f"features.{name}"))
+    for prefix, fitted in [("main", model.main)] + [(f"replicate{i}", r) for i, r in enumerate(model.replicates)]:
+        for key, tensor in fitted.head.state_dict().items():
+            arrays[f"{prefix}.head.{key}"] = tensor.detach().cpu().numpy()
+        arrays[f"{prefix}.event_times"] = fitted.event_times
+        arrays[f"{prefix}.cumulative_hazard"] = fitted.cumulative_hazard
+        arrays[f"{prefix}.risk_offset"] = np.array([fitted.risk_offset])
+    arrays["training_risk"] = model.training_risk
+    return arrays
+
+
+def _fitted_head(arrays: dict[str, np.ndarray], prefix: str, width: int, config: PrognosisConfig) -> FittedHead:
+    head = SurvivalHead(width, config.hidden, config.dropout)
+    state = {k[len(prefix) + 6:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(f"{prefix}.head.")}
+    head.load_state_dict(state)
+    head.eval()
+    return FittedHead(head, arrays[f"{prefix}.event_times"], arrays[f"{prefix}.cumulative_hazard"],
+                      float(arrays[f"{prefix}.risk_offset"][0]))
+
+
+def load_prognosis_bundle(folder: str | os.PathLike[str] | None = None) -> PrognosisBundle:
+    """Load and verify a prognosis model folder; ``None`` loads the bundled larynx EHR model."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    folder = Path(folder) if folder else default_prognosis_dir()
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelBundleError(f"'{folder}' is not a prognosis model: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelBundleError(f"'{config_path}' is not valid JSON: {error}") from None
+    if config.get("format") != PROGNOSIS_FORMAT:
+        raise ModelBundleError(f"'{folder}': unsupported format {config.get('format')!r}; this version reads {PROGNOSIS_FORMAT}")
+    entry = config.get("files", {}).get("weights", {})
+    weights = (folder / entry.get("path", WEIGHTS_FILE)).resolve()
+    if folder.resolve() not in weights.parents:
+        raise ModelBundleError(f"'{folder}': the weights path points outside the model folder; refused")
+    if not weights.is_file():
+        raise ModelBundleError(f"'{folder}': weights file '{entry.get('path')}' is missing")
+    if sha256_of(weights) != entry.get("sha256"):
+        raise ModelBundleError(f"'{folder}': '{weights.name}' does not match its sha256; it is corrupt or was changed; retrain or restore it")
+    try:
+        arrays = load_file(str(weights))
+        model_config = PrognosisConfig.from_dict(config["model"])
+        blocks = {name: BlockTransform.from_arrays(arrays, f"features.{name}", names)
+                  for name, names in config["feature_names"].items()}
+        model = PrognosisModel(model_config, FeatureSpace(blocks), epochs=int(config["epochs"]))
+        width = model.features.width
+        model.main = _fitted_head(arrays, "main", width, model_config)
+        model.replicates = [_fitted_head(arrays, f"replicate{i}", width, model_config) for i in range(int(config["replicates"]))]
+        model.training_risk = arrays["training_risk"]
+        reference = RiskReference.from_dict(config["reference"])
+    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelBundleError(f"'{folder}': the model does not load: {type(error).__name__}: {error}") from None
+    return PrognosisBundle(model, reference, config.get("text_encoder", {}), config.get("image_features", {}),
+                           config.get("training", {}), folder)

@@ -1,0 +1,162 @@
+"""The steps the command line and the Slicer module share: cohort -> inputs -> CV -> bundle; patient -> readout.
+
+Each step validates before it computes and computes before anything is written, so a bad row or a
+bad segmentation stops the run with nothing on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..imageio import atomic_output, check_output_path
+from .baseline import CoxBaseline
+from .bundle import PrognosisBundle, load_prognosis_bundle
+from .cohort import Cohort, CohortError
+from .ehr import EHRValidationError, parse_ehr
+from .evaluation import CVResult, cross_validate
+from .features import PatientInputs, encode_patients
+from .image_features import (MEASUREMENT_NAMES, NoTumourError, measurements_vector, pooled_network_features,
+                             read_case, tumour_measurements)
+from .model import PrognosisConfig, PrognosisModel
+from .readout import PatientReadout, RiskReference, plot_readout
+
+__all__ = ["cohort_inputs", "train_bundle", "evaluate_cohort", "read_patient_ehr", "predict_patient",
+           "write_readout", "report_payload"]
+
+Progress = Callable[[str], None]
+
+
+def cohort_inputs(cohort: Cohort, text_encoder=None, deep_model=None, progress: Progress | None = None,
+                  image_column: str | None = None, segmentation_column: str | None = None) -> PatientInputs:
+    """Encode every patient once: numbers, sentence embeddings, and image features when the cohort has images."""
+    image = deep = None
+    if cohort.images is not None:
+        image_rows, deep_rows = [], []
+        for row, (image_path, seg_path) in enumerate(zip(cohort.images, cohort.segmentations), start=1):
+            if progress:
+                progress(f"image features {row}/{len(cohort)}")
+            try:
+                volume, masks = read_case(image_path, seg_path)
+            except NoTumourError as error:
+                raise CohortError(str(error), None, row, segmentation_column) from None
+            except EHRValidationError:
+                raise
+            except Exception as error:  # unreadable files: name the row
+                raise CohortError(f"{error}", None, row, image_column) from None
+            image_rows.append(measurements_vector(tumour_measurements(volume, masks)))
+            if deep_model is not None:
+                deep_rows.append(pooled_network_features(deep_model, volume, masks))
+        image = np.stack(image_rows)
+        deep = np.stack(deep_rows) if deep_rows else None
+    return encode_patients(cohort.records, text_encoder, image, MEASUREMENT_NAMES if image is not None else (), deep)
+
+
+def model_factories(config: PrognosisConfig, inputs: PatientInputs, ablations: bool = True) -> dict[str, Callable]:
+    """Our model, its ablations (one block at a time) and CoxPH, all for the same CV splits."""
+    cv_config = PrognosisConfig.from_dict({**config.to_dict(), "n_bootstrap": 0})
+    models: dict[str, Callable] = {"duplus": lambda: PrognosisModel(cv_config)}
+    if ablations:
+        for block in config.use:
+            if len(config.use) > 1:
+                rest = tuple(b for b in config.use if b != block)
+                ablated = PrognosisConfig.from_dict({**cv_config.to_dict(), "use": rest})
+                models[f"duplus_without_{block}"] = lambda c=ablated: PrognosisModel(c)
+    has_image = inputs.image is not None
+    models["coxph"] = lambda: CoxBaseline(use_image=False)
+    if has_image:
+        models["coxph_with_image"] = lambda: CoxBaseline(use_image=True)
+    return models
+
+
+def evaluate_cohort(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, folds: int = 5,
+                    repeats: int = 20, seed: int = 0, ablations: bool = True,
+                    progress: Callable[[int, int], None] | None = None) -> CVResult:
+    return cross_validate(inputs, cohort.time, cohort.event, model_factories(config, inputs, ablations),
+                          folds, repeats, seed, progress)
+
+
+def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, groups: int = 3,
+                 time_unit: str = "years", text_encoder_info: Mapping[str, Any] | None = None,
+                 deep_model_info: Mapping[str, Any] | None = None,
+                 training_info: Mapping[str, Any] | None = None) -> PrognosisBundle:
+    """Fit on the whole cohort; risk groups and their Kaplan-Meier curves come from its patients."""
+    model = PrognosisModel(config).fit(inputs, cohort.time, cohort.event)
+    reference = RiskReference.build(model.training_risk, cohort.time, cohort.event, groups, time_unit)
+    image_info: dict[str, Any] = {}
+    if "image" in config.use or "deep" in config.use:
+        image_info = {"measurements": list(MEASUREMENT_NAMES), "deep_model": dict(deep_model_info or {}) or None}
+    return PrognosisBundle(
+        model, reference,
+        text_encoder=dict(text_encoder_info or {"id": "sentence-transformers/all-MiniLM-L6-v2", "path": None}),
+        image_features=image_info,
+        training={"patients": len(cohort), "events": int(cohort.event.sum()), "source": cohort.source,
+                  **dict(training_info or {})},
+    )
+
+
+# ---------------------------------------------------------------------------------- patients
+def read_patient_ehr(path: str | os.PathLike[str]):
+    """An EHR JSON file -> validated record (age required: the risk model needs it)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EHRValidationError(f"EHR file '{path}' does not exist") from None
+    except json.JSONDecodeError as error:
+        raise EHRValidationError(f"EHR file '{path}' is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise EHRValidationError(f"EHR file '{path}' must hold one JSON object of field: value pairs")
+    return parse_ehr(values)
+
+
+def predict_patient(bundle: PrognosisBundle, record, image_path: str | None = None,
+                    segmentation_path: str | None = None, deep_model=None) -> PatientReadout:
+    """The readout for one patient; the image and its tumour segmentation if the model uses them."""
+    if bool(image_path) != bool(segmentation_path):
+        raise EHRValidationError("give both the image and its tumour segmentation, or neither")
+    image = deep = None
+    values: dict[str, float] = {}
+    if image_path:
+        volume, masks = read_case(image_path, segmentation_path)
+        values = tumour_measurements(volume, masks)
+        image = measurements_vector(values)[None]
+        if "deep" in bundle.model.config.use:
+            if deep_model is None:
+                from ..bundle import load_bundle
+
+                deep_model = load_bundle((bundle.image_features.get("deep_model") or {}).get("path"))
+            deep = pooled_network_features(deep_model, volume, masks)[None]
+    elif bundle.uses_image:
+        raise EHRValidationError("this prognosis model uses image features: give --image and --segmentation")
+    return bundle.readout(record, image, deep, values)
+
+
+def write_readout(readout: PatientReadout, bundle: PrognosisBundle, report: str | None, plot: str | None,
+                  overwrite: bool = True) -> None:
+    """Write the JSON report and the plot, each atomically, after checking both destinations."""
+    for target in (report, plot):
+        if target:
+            check_output_path(target, overwrite)
+    if plot:
+        with atomic_output(plot, overwrite) as temporary:
+            plot_readout(readout, bundle.reference, temporary)
+    if report:
+        with atomic_output(report, overwrite) as temporary:
+            temporary.write_text(json.dumps(report_payload(readout, bundle), indent=1) + "\n")
+
+
+def report_payload(readout: PatientReadout, bundle: PrognosisBundle) -> dict:
+    """What ``--report`` holds: the readout and the reference curves the plot is drawn from."""
+    reference = bundle.reference
+    return {"readout": readout.to_dict(), "model": str(bundle.path) if bundle.path else None,
+            "reference": {"labels": reference.labels, "thresholds": reference.thresholds,
+                          "curves": [c.__dict__ for c in reference.curves], "time_unit": reference.time_unit}}
+
+
+def load_model(path: str | None) -> PrognosisBundle:
+    return load_prognosis_bundle(path)

@@ -1,0 +1,195 @@
+"""What a clinician sees for one patient: risk, percentile, group, S(2y), S(5y), and the KM plot.
+
+The reference is the training cohort, kept in the bundle: its risk scores (for the percentile), the
+cut points of the risk groups (tertiles by default: thirds are large enough for a readable
+Kaplan-Meier curve each, and finer than a median split), and each group's Kaplan-Meier curve with
+its 95% confidence band and numbers at risk. The patient's own predicted curve is drawn over those
+curves, so the question "where does this patient stand?" is answered against observed outcomes,
+not only against the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["KaplanMeierCurve", "RiskReference", "PatientReadout", "TIME_UNITS", "horizon_in_unit", "plot_readout"]
+
+TIME_UNITS = {"years": 1.0, "months": 12.0, "weeks": 52.1775, "days": 365.25}  # units per year
+GROUP_LABELS = {1: ["all"], 2: ["low", "high"], 3: ["low", "intermediate", "high"],
+                4: ["low", "low-intermediate", "high-intermediate", "high"]}
+
+
+def horizon_in_unit(years: float, unit: str) -> float:
+    if unit not in TIME_UNITS:
+        raise ValueError(f"unknown time unit '{unit}'; choose one of {', '.join(TIME_UNITS)}")
+    return years * TIME_UNITS[unit]
+
+
+@dataclass
+class KaplanMeierCurve:
+    """One risk group's observed survival in the training cohort (lifelines' KM, exponential Greenwood CI)."""
+
+    label: str
+    timeline: list[float]
+    survival: list[float]
+    lower: list[float]
+    upper: list[float]
+    at_risk_times: list[float]
+    at_risk: list[int]
+    patients: int
+    events: int
+
+    @classmethod
+    def fit(cls, label: str, time: np.ndarray, event: np.ndarray, at_risk_times: Sequence[float]) -> "KaplanMeierCurve":
+        from lifelines import KaplanMeierFitter
+
+        fitter = KaplanMeierFitter().fit(time, event)
+        band = fitter.confidence_interval_survival_function_
+        return cls(
+            label=label,
+            timeline=[float(t) for t in fitter.survival_function_.index],
+            survival=[float(s) for s in fitter.survival_function_.iloc[:, 0]],
+            lower=[float(v) for v in band.iloc[:, 0]],
+            upper=[float(v) for v in band.iloc[:, 1]],
+            at_risk_times=[float(t) for t in at_risk_times],
+            at_risk=[int(np.count_nonzero(time >= t)) for t in at_risk_times],
+            patients=int(len(time)),
+            events=int(np.count_nonzero(event)),
+        )
+
+
+@dataclass
+class RiskReference:
+    """The training cohort's risk distribution, risk groups and their Kaplan-Meier curves."""
+
+    training_risk: list[float]  # sorted
+    thresholds: list[float]  # risk cut points between consecutive groups
+    labels: list[str]
+    curves: list[KaplanMeierCurve]
+    time_unit: str = "years"
+    max_follow_up: float = 0.0
+
+    @classmethod
+    def build(cls, risk: np.ndarray, time: np.ndarray, event: np.ndarray, groups: int = 3,
+              time_unit: str = "years") -> "RiskReference":
+        if groups not in GROUP_LABELS:
+            raise ValueError(f"risk groups must be 1 to 4, not {groups}")
+        risk, time, event = np.asarray(risk, float), np.asarray(time, float), np.asarray(event, bool)
+        thresholds = [float(q) for q in np.quantile(risk, np.arange(1, groups) / groups)]
+        membership = np.searchsorted(thresholds, risk, side="right")
+        ticks = _nice_ticks(float(time.max()))
+        curves = [KaplanMeierCurve.fit(label, time[membership == g], event[membership == g], ticks)
+                  for g, label in enumerate(GROUP_LABELS[groups]) if np.any(membership == g)]
+        return cls(sorted(float(r) for r in risk), thresholds, list(GROUP_LABELS[groups]), curves, time_unit,
+                   float(time.max()))
+
+    def group_of(self, risk: float) -> str:
+        return self.labels[min(int(np.searchsorted(self.thresholds, risk, side="right")), len(self.labels) - 1)]
+
+    def percentile(self, risk: float) -> float:
+        """Share of training patients (in %) with a risk at or below this one."""
+        return float(100.0 * np.searchsorted(self.training_risk, risk, side="right") / len(self.training_risk))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RiskReference":
+        values = dict(values)
+        values["curves"] = [KaplanMeierCurve(**c) for c in values["curves"]]
+        return cls(**values)
+
+
+@dataclass
+class PatientReadout:
+    """One patient's prediction, ready for a report, a table node or a plot."""
+
+    sentence: str
+    risk_score: float  # log-hazard relative to the average training patient
+    hazard_ratio: float  # exp(risk_score)
+    percentile: float
+    risk_group: str
+    survival: dict[str, dict[str, float]]  # "2y" -> {"time", "estimate", "lower", "upper", "beyond_follow_up"}
+    curve_times: list[float]
+    curve: list[float]
+    curve_lower: list[float]
+    curve_upper: list[float]
+    time_unit: str = "years"
+    image_features: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_text(self) -> str:
+        lines = [self.sentence,
+                 f"Risk score {self.risk_score:+.2f} (hazard ratio {self.hazard_ratio:.2f} vs the average "
+                 f"training patient), {self.percentile:.0f}th percentile: {self.risk_group} risk group."]
+        for name, s in self.survival.items():
+            note = " (beyond the training follow-up)" if s["beyond_follow_up"] else ""
+            lines.append(f"Predicted survival at {name[:-1]} years: {100 * s['estimate']:.0f}% "
+                         f"(95% interval {100 * s['lower']:.0f}-{100 * s['upper']:.0f}%){note}.")
+        return "\n".join(lines)
+
+
+def _nice_ticks(end: float, count: int = 6) -> list[float]:
+    raw = end / max(count - 1, 1)
+    magnitude = 10 ** np.floor(np.log10(raw)) if raw > 0 else 1.0
+    step = min((m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw), default=raw)
+    return [float(t) for t in np.arange(0.0, end + 1e-9, step)]
+
+
+# ------------------------------------------------------------------------------------- plot
+GROUP_COLOURS = {"low": "#2e7d32", "low-intermediate": "#7cb342", "intermediate": "#f9a825",
+                 "high-intermediate": "#ef6c00", "high": "#c62828", "all": "#455a64"}
+
+
+def plot_readout(readout: PatientReadout, reference: RiskReference, path: str | os.PathLike[str]) -> Path:
+    """Kaplan-Meier curves per risk group (bands, numbers at risk) with the patient's curve over them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    figure, (axes, table) = plt.subplots(2, 1, figsize=(7.5, 5.8), height_ratios=[4, 1], sharex=True)
+    for curve in reference.curves:
+        colour = GROUP_COLOURS.get(curve.label, None)
+        axes.step(curve.timeline, curve.survival, where="post", color=colour,
+                  label=f"{curve.label} risk (n={curve.patients}, {curve.events} events)")
+        axes.fill_between(curve.timeline, curve.lower, curve.upper, step="post", color=colour, alpha=0.15)
+    axes.step(readout.curve_times, readout.curve, where="post", color="black", linewidth=2.2,
+              label=f"this patient ({readout.risk_group} risk)")
+    axes.fill_between(readout.curve_times, readout.curve_lower, readout.curve_upper, step="post",
+                      color="black", alpha=0.12)
+    for name, s in readout.survival.items():
+        axes.errorbar([s["time"]], [s["estimate"]], yerr=[[s["estimate"] - s["lower"]], [s["upper"] - s["estimate"]]],
+                      fmt="o", color="black", capsize=3)
+        axes.annotate(f"{name}: {100 * s['estimate']:.0f}%", (s["time"], s["estimate"]),
+                      textcoords="offset points", xytext=(6, 6), fontsize=8)
+    axes.set_ylim(0, 1.02)
+    axes.set_ylabel("overall survival")
+    axes.set_title("Kaplan-Meier by risk group (training cohort) and this patient's prediction", fontsize=10)
+    axes.legend(loc="lower left", fontsize=8, frameon=False)
+    axes.grid(alpha=0.3)
+    # numbers at risk, one row per group, under the time axis
+    table.set_ylim(-0.5, len(reference.curves) - 0.5)
+    table.set_yticks(range(len(reference.curves)), [c.label for c in reversed(reference.curves)], fontsize=8)
+    for row, curve in enumerate(reversed(reference.curves)):
+        for t, n in zip(curve.at_risk_times, curve.at_risk):
+            table.text(t, row, str(n), ha="center", va="center", fontsize=8,
+                       color=GROUP_COLOURS.get(curve.label, "black"))
+    table.set_xlabel(f"time ({reference.time_unit})")
+    table.set_title("number at risk", fontsize=8, loc="left")
+    table.tick_params(axis="y", length=0)
+    for side in ("top", "right", "left"):
+        table.spines[side].set_visible(False)
+    table.set_xticks(reference.curves[0].at_risk_times)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120, format="png")
+    plt.close(figure)
+    return path

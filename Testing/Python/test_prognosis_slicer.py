@@ -1,0 +1,108 @@
+"""The DuPLUSPrognosis module's logic on a real headless MRML scene (slicer-core): inputs, table and plot nodes."""
+
+import numpy as np
+import pytest
+
+from DuPLUSLib.imageio import VolumeImage
+from DuPLUSLib.prognosis.ehr import EHRValidationError
+from DuPLUSLib.prognosis.image_features import NoTumourError
+
+DuPLUSPrognosis = pytest.importorskip("DuPLUSPrognosis")
+
+
+@pytest.fixture(scope="module")
+def larynx_report():
+    """One real prediction with the bundled larynx model (loads the text encoder once for the module)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from DuPLUSLib.prognosis.bundle import load_prognosis_bundle
+    from DuPLUSLib.prognosis.ehr import parse_ehr
+    from DuPLUSLib.prognosis.pipeline import predict_patient, report_payload
+
+    bundle = load_prognosis_bundle()
+    return report_payload(predict_patient(bundle, parse_ehr({"age": 70, "stage": "IV", "site": "larynx"})), bundle)
+
+
+def _volume_with_tumour(scene, tumour_name="GTVp", empty=False):
+    import slicer
+    from DuPLUSLib import mrml
+
+    array = np.full((12, 16, 16), -50, np.int16)
+    array[4:8, 5:10, 5:10] = 40
+    image = VolumeImage(array, spacing=(1.5, 1.5, 2.0), origin=(10.0, -5.0, 3.0))
+    volume = mrml.volume_node_from_image(image, "CT", scene)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "tumours")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment(tumour_name, tumour_name)
+    mask = np.zeros(array.shape, np.uint8)
+    if not empty:
+        mask[4:8, 5:10, 5:10] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segment_id, volume)
+    return volume, segmentation
+
+
+def test_readout_becomes_a_table_node_with_risk_percentile_group_and_survival(mrml_scene, larynx_report):
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    table, _ = logic.showReadout(larynx_report, mrml_scene)
+    assert table.IsA("vtkMRMLTableNode") and table.GetScene() is mrml_scene
+    quantities = [table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())]
+    assert quantities == ["risk score", "hazard ratio", "percentile", "survival at 2 years",
+                          "survival at 5 years", "risk group"]
+    readout = larynx_report["readout"]
+    assert float(table.GetCellText(3, 1)) == pytest.approx(readout["survival"]["2y"]["estimate"], abs=1e-6)
+    assert float(table.GetCellText(3, 2)) <= float(table.GetCellText(3, 1)) <= float(table.GetCellText(3, 3))
+    assert table.GetCellText(5, 4) == readout["risk_group"] == table.GetAttribute("DuPLUS.RiskGroup")
+
+
+def test_readout_becomes_a_chart_of_km_curves_per_group_and_the_patient(mrml_scene, larynx_report):
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    _, chart = logic.showReadout(larynx_report, mrml_scene)
+    groups = len(larynx_report["reference"]["curves"])
+    assert chart.IsA("vtkMRMLPlotChartNode") and chart.GetNumberOfPlotSeriesNodes() == 3 * groups + 3
+    names = [chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
+    assert any(n.startswith("high risk") for n in names) and any(n.startswith("this patient (") for n in names)
+    patient = next(chart.GetNthPlotSeriesNode(i) for i, n in enumerate(names) if n.startswith("this patient ("))
+    table = patient.GetTableNode()
+    survival = [float(table.GetCellText(r, 1)) for r in range(table.GetNumberOfRows())]
+    assert survival[0] == pytest.approx(1.0) and all(np.diff(survival) <= 1e-12)
+
+
+def test_showing_a_second_readout_reuses_the_nodes(mrml_scene, larynx_report):
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    logic.showReadout(larynx_report, mrml_scene)
+    count = mrml_scene.GetNumberOfNodes()
+    logic.showReadout(larynx_report, mrml_scene)
+    assert mrml_scene.GetNumberOfNodes() == count
+
+
+def test_tumour_masks_come_from_the_segmentation_node_on_the_volume_grid(mrml_scene):
+    volume, segmentation = _volume_with_tumour(mrml_scene)
+    masks = DuPLUSPrognosis.DuPLUSPrognosisLogic.tumourMasks(segmentation, volume)
+    assert set(masks) == {"gtvp"} and masks["gtvp"].shape == (12, 16, 16) and masks["gtvp"].sum() == 100
+
+
+def test_written_inputs_keep_geometry_and_tumour(mrml_scene, tmp_path):
+    from DuPLUSLib.prognosis.image_features import read_case, tumour_measurements
+
+    volume, segmentation = _volume_with_tumour(mrml_scene)
+    image_path, seg_path = DuPLUSPrognosis.DuPLUSPrognosisLogic().writeImageInputs(volume, segmentation, tmp_path)
+    image, masks = read_case(image_path, seg_path)
+    values = tumour_measurements(image, masks)
+    assert values["gtvp_volume_ml"] == pytest.approx(100 * 1.5 * 1.5 * 2.0 / 1000)
+    assert values["gtvp_mean_intensity"] == pytest.approx(40)
+
+
+@pytest.mark.parametrize("name, empty", [("Parotid gland left", False), ("GTVp", True)])
+def test_segmentation_without_a_tumour_is_refused(mrml_scene, name, empty):
+    volume, segmentation = _volume_with_tumour(mrml_scene, name, empty)
+    with pytest.raises(NoTumourError, match="no non-empty tumour segment"):
+        DuPLUSPrognosis.DuPLUSPrognosisLogic.tumourMasks(segmentation, volume)
+
+
+def test_the_form_is_validated_before_anything_runs(mrml_scene):
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    with pytest.raises(EHRValidationError, match="age"):
+        logic.predictAsync({"age": 212, "stage": "II"})
+    assert not logic.isBusy
+    assert logic.validateForm({"age": 60, "stage": "3", "hpv": "", "ecog": "1"}) == {"age": 60.0, "stage": "III", "ecog": 1}
