@@ -145,7 +145,7 @@ class DuPLUSSegment(ScriptedLoadableModule):
             "Each structure becomes a named, coloured segment with its standard terminology.<br>"
             "The bundled model is for research and demonstration only; it was trained on synthetic "
             "phantoms and a brain template, not on patients. See the "
-            '<a href="https://github.com/duplus-slicer/DuPLUS">project page</a> for details.'
+            '<a href="https://github.com/duplus-slicer/SlicerDuPLUS">project page</a> for details.'
         )
         self.parent.acknowledgementText = _(
             "Follows the published design of DuPLUS (Dual-Prompt Vision-Language Framework for "

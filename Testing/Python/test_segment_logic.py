@@ -339,3 +339,53 @@ def test_bundled_model_segments_the_bundled_sample(logic, mrml_scene):
         assert mask.any(), f"{segment.name} not found"
         if segment.structure in truth:
             assert dice(mask, truth[segment.structure]) > 0.5
+
+
+# ----------------------------------------------------------------------------- extension packaging
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def test_ui_file_has_every_widget_the_module_wires_and_binds_only_parameters():
+    import re
+    import xml.etree.ElementTree as ElementTree
+
+    ui = ElementTree.parse(REPOSITORY / "DuPLUSSegment/Resources/UI/DuPLUSSegment.ui")
+    widgets = {w.get("name") for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPOSITORY / "DuPLUSSegment/DuPLUSSegment.py").read_text()))
+    assert used <= widgets, f"missing in the .ui: {sorted(used - widgets)}"
+    bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
+    fields = set(DuPLUSSegment.DuPLUSSegmentParameterNode.__annotations__)
+    assert bound and bound <= fields, f"bound to unknown parameters: {sorted(bound - fields)}"
+
+
+def test_module_cmake_lists_only_files_that_exist():
+    import re
+
+    text = (REPOSITORY / "DuPLUSSegment/CMakeLists.txt").read_text().replace("${MODULE_NAME}", "DuPLUSSegment")
+    assert "WITH_GENERIC_TESTS" in text
+    for name in re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, flags=re.MULTILINE):
+        assert (REPOSITORY / "DuPLUSSegment" / name).is_file(), name
+    tests = (REPOSITORY / "DuPLUSSegment/Testing/Python/CMakeLists.txt").read_text()
+    assert "slicer_add_python_unittest" in tests
+
+
+def test_extension_declares_its_modules_and_the_pytorch_dependency():
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text()
+    for module in ("DuPLUSLib", "DuPLUSSegment", "DuPLUSPrognosis"):
+        assert f"add_subdirectory({module})" in cmake
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in cmake
+    assert "WITH_SUBDIR" in (REPOSITORY / "DuPLUSLib/CMakeLists.txt").read_text()
+    fields = dict(
+        line.split(" ", 1) for line in (REPOSITORY / "DuPLUS.s4ext").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
+                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
+        assert fields.get(key, "").strip(), key
+    assert fields["depends"].strip() == "PyTorch"
+    import json
+
+    entry = json.loads((REPOSITORY / "DuPLUS.json").read_text())
+    assert entry["category"] == fields["category"].strip() and entry["scm_url"] == fields["scmurl"].strip()
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert (REPOSITORY / "Resources/Icons/DuPLUS.png").is_file()
