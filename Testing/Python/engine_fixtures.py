@@ -256,7 +256,6 @@ def bright_region_network(threshold_z: float = 1.0, sharpness: float = 20.0) -> 
             first.skip.weight[0, c0, 0, 0, 0] = 1.0  # the encoder skip's channel 0 comes after the upsampled half
         head = network.head
         head.feature_reduction[-1].weight[0, 0, 0, 0, 0] = 1.0
-        c = head.head_channels
         bias = torch.zeros(head.controller.out_features)
         offset = 0
         for index, (outputs, inputs) in enumerate(head.param_shapes):
@@ -271,7 +270,7 @@ def bright_region_network(threshold_z: float = 1.0, sharpness: float = 20.0) -> 
             offset += outputs * inputs
             bias[offset : offset + outputs] = layer_bias
             offset += outputs
-        assert offset == head.controller.out_features and c == inputs
+        assert offset == head.controller.out_features
         head.controller.bias.copy_(bias)
     return network.eval()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine_fixtures import TEXT_DIM, one_thread, random_network, randomise_context_generators, small_network_config  # noqa: F401
+from engine_fixtures import TEXT_DIM, one_thread, random_network, small_network_config  # noqa: F401
 from DuPLUSLib.network import DuPLUSNet, NetworkConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
