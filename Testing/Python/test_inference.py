@@ -82,6 +82,13 @@ def test_masks_lie_on_the_input_grid_of_an_oblique_flipped_image(bright_segmente
     np.testing.assert_allclose(centroid_lps(image, mask), centroid_lps(image, truth), atol=1.0)
 
 
+def test_volume_smaller_than_one_window_is_padded_and_cropped_back(bright_segmenter):
+    image, truth = sphere_volume(shape_ijk=(6, 5, 3), spacing=(2.0, 2.0, 2.0), radius_mm=3.0, direction=np.eye(3))
+    mask = bright_segmenter.segment(image, ONTOLOGY.parse("CT/abdomen/liver")).segments[0].mask
+    assert mask.shape == (3, 5, 6)
+    assert dice(mask, truth) > 0.85
+
+
 def test_written_segmentation_has_the_input_geometry(bright_model, tmp_path):
     image, truth = off_centre_sphere()
     write_image(image, tmp_path / "ct.nii.gz")
