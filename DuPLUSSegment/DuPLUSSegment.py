@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -254,8 +253,13 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # Finding the GPU imports torch: only when the user opens the section that shows it.
+        self.ui.advancedCollapsibleButton.contentsCollapsed.connect(self.onAdvancedToggled)
         self.initializeParameterNode()
-        self.ui.deviceInfoLabel.text = self.logic.describeDevices()
+
+    def onAdvancedToggled(self, collapsed: bool) -> None:
+        if not collapsed and not self.ui.deviceInfoLabel.text:
+            self.ui.deviceInfoLabel.text = self.logic.describeDevices()
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -299,6 +303,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
             self.updateGUIFromParameterNode()
+            self.onModalityChanged()  # fill regions and structures for the saved modality and region
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         """Copy the dropdown state (not bound through connectGui) and refresh the Segment button."""
@@ -448,6 +453,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 onFinished=self.onFinished,
                 onError=self.onError,
                 onCancelled=self.onCancelled,
+                startTimer=False,  # this widget polls with its own timer, which also shows the time
             )
         except DuPLUSError as error:
             self.onError(error)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from DuPLUSLib.errors import InputImageError, OutputPathError
-from DuPLUSLib.imageio import SegmentMask, VolumeImage, read_image, write_image, write_segmentation
+from DuPLUSLib.imageio import SegmentMask, read_image, write_image, write_segmentation
 from DuPLUSLib.ontology import load_ontology
 
 slicer = pytest.importorskip("slicer")
