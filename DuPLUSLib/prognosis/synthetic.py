@@ -49,7 +49,7 @@ class SyntheticPatient:
     true_log_hazard: float
 
 
-def phantom_case(seed: int, spacing_mm: float = 2.0) -> tuple[VolumeImage, dict[str, np.ndarray]] | None:
+def phantom_case(seed: int, spacing_mm: float = 3.0) -> tuple[VolumeImage, dict[str, np.ndarray]] | None:
     """The head-and-neck CT phantom of ``seed`` with its tumour masks, or None if it has no tumour."""
     from ..phantoms import generate_phantom
 
