@@ -119,14 +119,16 @@ class Worker:
 
     # ------------------------------------------------------------------------------ the work
     def _segment(self, request: dict[str, Any]) -> dict[str, Any]:
-        from .inference import segment_file
-
         request_id = request.get("id")
         started = time.perf_counter()
 
         def progress(stage: str, fraction: float, message: str) -> None:
             self.emit({"event": "progress", "id": request_id, "stage": stage,
                        "fraction": round(float(fraction), 4), "message": message})
+
+        if "DuPLUSLib.inference" not in sys.modules:  # the first request pays for the imports: say so
+            progress("loading", 0.0, "starting PyTorch and MONAI")
+        from .inference import segment_file
 
         from .ontology import load_ontology
 

@@ -439,6 +439,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.logTextEdit.clear()
             self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = _("Starting the background process...")
             self.logic.setWarm(node.keepWorkerWarm)
             self.logic.segmentAsync(
                 node.inputVolume,

@@ -309,6 +309,17 @@ def test_modality_is_guessed_from_intensities(logic, sphere, mrml_scene):
     assert logic.guessModality(air)[0].modality == "CT"
 
 
+def test_sample_volume_is_recognised_as_ct(logic, mrml_scene):
+    from DuPLUSLib.imageio import read_image
+    from DuPLUSLib.samples import sample_volume_path
+
+    if not sample_volume_path().is_file():
+        pytest.skip("the sample volume is not in this checkout yet")
+    volume = mrml.volume_node_from_image(read_image(sample_volume_path()), "sample")
+    guess, _ = logic.guessModality(volume)
+    assert guess.modality == "CT" and "Hounsfield" in guess.reason
+
+
 def test_input_check_says_what_is_wrong_for_the_tooltip(logic, sphere, mrml_scene):
     volume, _ = sphere
     assert logic.checkInputVolume(volume) is None
