@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_errors = getattr(args, "progress", None) == "json"
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:  # `duplus prompts | head`: the reader left; that is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except CancelledError as error:
         _report_error(error, json_errors)
         return 130

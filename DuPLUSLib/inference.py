@@ -249,7 +249,7 @@ class Segmenter:
         model_voxels = model_image.array.size
         input_voxels = image.array.size
         needed = 4 * (model_voxels * (2 * n_prompts + 3) + input_voxels * 3)
-        available = self.memory_limit_bytes or psutil.virtual_memory().available
+        available = psutil.virtual_memory().available if self.memory_limit_bytes is None else self.memory_limit_bytes
         if needed > 0.8 * available:
             raise ResourceLimitError(
                 f"this volume needs about {needed / 2**30:.1f} GiB for {n_prompts} structure(s) "
