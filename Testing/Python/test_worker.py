@@ -155,6 +155,13 @@ def test_worker_answers_ping_and_stops_on_quit(model_dir):
     assert result.returncode == 0 and events == ["ready", "pong", "bye"]
 
 
+def test_preloading_a_missing_model_fails_before_ready(tmp_path):
+    result = run_worker_process(["--preload", "--model", str(tmp_path / "nowhere")], stdin="")
+    assert result.returncode == 2
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["event"], e["error"]) for e in events] == [("error", "ModelBundleError")]
+
+
 def test_worker_stops_cleanly_at_end_of_input():
     result = run_worker_process([], stdin="")
     assert result.returncode == 0
