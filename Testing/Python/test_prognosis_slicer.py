@@ -106,3 +106,18 @@ def test_the_form_is_validated_before_anything_runs(mrml_scene):
         logic.predictAsync({"age": 212, "stage": "II"})
     assert not logic.isBusy
     assert logic.validateForm({"age": 60, "stage": "3", "hpv": "", "ecog": "1"}) == {"age": 60.0, "stage": "III", "ecog": 1}
+
+
+def test_predict_button_path_runs_in_the_background_and_fills_the_scene(mrml_scene):
+    """What Predict does: nodes -> files -> background 'duplus prognosis predict' -> table and chart nodes."""
+    import sys
+
+    volume, segmentation = _volume_with_tumour(mrml_scene)
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic(python=sys.executable)
+    logic.predictAsync({"age": 72, "stage": "III", "site": "larynx"}, volume, segmentation)
+    assert logic.isBusy
+    report = logic.wait(timeout_s=120)
+    assert report["readout"]["image_features"]["gtvp_volume_ml"] == pytest.approx(0.45)
+    table, chart = logic.showReadout(report, mrml_scene)
+    assert table.GetNumberOfRows() == 6 and chart.GetNumberOfPlotSeriesNodes() > 3
+    assert "stage III" in logic.summaryText(report)
