@@ -239,22 +239,23 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, label in (("auto", _("Automatic")), ("cpu", _("CPU")), ("cuda", _("GPU (CUDA)"))):
             self.ui.deviceComboBox.addItem(label, key)
 
-        self.ui.modalityComboBox.currentIndexChanged.connect(self.onModalityChanged)
-        self.ui.regionComboBox.currentIndexChanged.connect(self.onRegionChanged)
-        self.ui.structuresListWidget.itemChanged.connect(self.onStructureToggled)
-        self.ui.deviceComboBox.currentIndexChanged.connect(self.onDeviceChanged)
-        self.ui.modelPathLineEdit.currentPathChanged.connect(self.onModelFolderChanged)
-        self.ui.applyButton.clicked.connect(self.onApplyButton)
-        self.ui.inputVolumeSelector.currentNodeChanged.connect(self.onInputVolumeChanged)
+        # Signatures spelled out where Qt overloads the signal (int/QString, bool/vtkMRMLNode*).
+        self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onModalityChanged)
+        self.ui.regionComboBox.connect("currentIndexChanged(int)", self.onRegionChanged)
+        self.ui.structuresListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
 
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(100)
-        self.pollTimer.timeout.connect(self.onPollTimer)
+        self.pollTimer.connect("timeout()", self.onPollTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         # Finding the GPU imports torch: only when the user opens the section that shows it.
-        self.ui.advancedCollapsibleButton.contentsCollapsed.connect(self.onAdvancedToggled)
+        self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
         self.initializeParameterNode()
 
     def onAdvancedToggled(self, collapsed: bool) -> None:
@@ -791,7 +792,7 @@ class DuPLUSSegmentLogic(ScriptedLoadableModuleLogic):
         if self._timer is None:
             self._timer = qt.QTimer()
             self._timer.setInterval(100)
-            self._timer.timeout.connect(self._onTimer)
+            self._timer.connect("timeout()", self._onTimer)
         self._timer.start()
 
     def _onTimer(self) -> None:
