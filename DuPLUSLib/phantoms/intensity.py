@@ -129,7 +129,9 @@ class CTModel(ImagingModel):
         super().__init__(rng, region, shift)
         self.contrast = bool(rng.random() < (0.3 if region == "brain" else 0.65))
         self.protocol = "contrast-enhanced" if self.contrast else "non-contrast"
-        self.noise_hu = float(rng.uniform(6, 18)) * shift.noise
+        # Head protocols use more dose and softer kernels: brain noise is a few HU, body noise more.
+        low, high = (3.0, 8.0) if region in ("brain", "head_neck") else (6.0, 18.0)
+        self.noise_hu = float(rng.uniform(low, high)) * shift.noise
 
     def values(self, tissue):
         p: TissueProperties = TISSUES[tissue]

@@ -166,8 +166,12 @@ class UltrasoundModel(ImagingModel):
             depth_axis / voxel,
             (depth_axis * np.tan(tt)) / voxel + (ni - 1) / 2,
         ])
-        attenuation = ndimage.map_coordinates(canvas.channels[1], voxel_index, order=1, mode="nearest")
-        reflectivity = ndimage.map_coordinates(canvas.channels[2], voxel_index, order=1, mode="nearest")
+        def to_beams(channel: np.ndarray) -> np.ndarray:
+            return ndimage.map_coordinates(channel, voxel_index, order=1, mode="nearest", prefilter=False)
+
+        echo = to_beams(canvas.channels[0])
+        attenuation = to_beams(canvas.channels[1])
+        reflectivity = to_beams(canvas.channels[2])
 
         # Along each beam: loss beyond the time-gain compensation, and what reflectors let through.
         step_cm = (radii[1] - radii[0]) / 10.0
@@ -183,15 +187,15 @@ class UltrasoundModel(ImagingModel):
         imaginary = ndimage.gaussian_filter(self.rng.standard_normal(rr.shape).astype(np.float32), speckle_sigma)
         speckle = np.sqrt(real * real + imaginary * imaginary)
         speckle /= speckle.mean()
+        # Formed along the beams, at the beams' resolution (coarser laterally with depth), as a scanner does.
+        amplitude_beams = ((echo * transmission + 2.0 * interface) * speckle).astype(np.float32)
 
         beam_index = np.stack(np.broadcast_arrays(
             (r - probe.near_mm) / (far - probe.near_mm) * (nr - 1),
             (theta + probe.lateral_half_angle) / (2 * probe.lateral_half_angle) * (nt - 1),
             (phi + probe.elevation_half_angle) / (2 * probe.elevation_half_angle) * (np_ - 1),
         )).astype(np.float32)
-        gain = ndimage.map_coordinates((transmission * speckle).astype(np.float32), beam_index, order=1, mode="nearest")
-        bright = ndimage.map_coordinates((interface * speckle).astype(np.float32), beam_index, order=1, mode="nearest")
-        amplitude = canvas.channels[0] * gain + 2.0 * bright
+        amplitude = ndimage.map_coordinates(amplitude_beams, beam_index, order=1, mode="nearest", prefilter=False)
         amplitude += np.abs(self.rng.standard_normal(amplitude.shape, dtype=np.float32)) * np.float32(0.01 * self.shift.noise)
         decibels = 20 * np.log10(amplitude + 1e-6) + self.gain_db
         image = np.clip(255.0 * (decibels + self.dynamic_range_db) / self.dynamic_range_db, 0, 255).astype(np.float32)

@@ -37,6 +37,9 @@ def build_brain(rng: np.random.Generator, modality: str) -> Anatomy:
     inner_skull = Offset(skull, -5.0)
     anatomy.add(Shell(inner_skull, 6.5), "bone")
     anatomy.add(Shell(Offset(inner_skull, -2.0), 2.5), "marrow")
+    if modality == "US":  # a neonate's anterior fontanelle: the acoustic window cranial ultrasound uses
+        window = Ellipsoid((0, -14, head_radii[2] - 4), (22, 26, 30))
+        anatomy.add(Intersection((Offset(Shell(inner_skull, 6.5), 0.5), window)), "muscle")
     intracranial = Offset(inner_skull, -6.5)
     anatomy.add(intracranial, "csf")
 
@@ -47,11 +50,11 @@ def build_brain(rng: np.random.Generator, modality: str) -> Anatomy:
     brainstem = Tube(np.array([(0, 18, -5), (0, 26, -45), (0, 30, -95)]), [12.0, 11.0, 8.0])
     cerebrum_all = Intersection((SmoothUnion((cerebrum, *temporal), 12.0), Offset(intracranial, -1.5)))
     fissure = Ellipsoid((0, 0, cerebrum_c[2] + 30), (1.5, 90, 55))
-    gyri = random_waves(rng, 8, (14, 30))
+    gyri = random_waves(rng, 12, (10, 26))
     brain = Ripple(SmoothUnion((cerebrum_all - fissure, cerebellum, brainstem), 6.0), 1.2, random_waves(rng, 6, (10, 22)))
     anatomy.add(brain, "grey_matter", "brain")
     anatomy.add(brain, "grey_matter", "grey_matter", within=("brain",))
-    core = Intersection((Ripple(Offset(cerebrum_all, -6.0), 3.5, gyri), Offset(cerebrum_all, -2.0), Offset(brain, -2.0)))
+    core = Intersection((Ripple(Offset(cerebrum_all, -6.0), 5.0, gyri), Offset(cerebrum_all, -2.0), Offset(brain, -2.0)))
     white = [core, Offset(cerebellum, -9.0), brainstem]
     for shape in white:
         anatomy.add(shape, "white_matter", "white_matter", within=("brain",))
@@ -81,9 +84,7 @@ def build_brain(rng: np.random.Generator, modality: str) -> Anatomy:
             if radius > 15 and rng.random() < 0.6:
                 anatomy.add(Offset(mass, -0.45 * radius), "necrosis", "brain_tumour", within=("brain",))
 
-    if modality == "CT":
-        from .common import add_table
-
+    if modality == "CT":  # the head rest
         anatomy.add(Ellipsoid((0, head_radii[1] + 30, -20), (60, 30, 110)), "table_foam")
     if modality == "US":
         return neonatal(anatomy, rng)

@@ -30,7 +30,11 @@ def build_head_neck(rng: np.random.Generator, modality: str) -> Anatomy:
     anatomy.add(body, "skin")
     anatomy.add(Offset(body, -2.0), "fat")
     anatomy.add(Intersection((Offset(body, -8.0), half_space(2, 30.0, keep_below=True))), "muscle")
-    anatomy.add(Offset(face, -10.0), "fat")
+    anatomy.add(Offset(face, -8.0), "muscle")  # masseters, pterygoids, floor of the mouth
+    for side in (-1, 1):
+        anatomy.add(Ellipsoid((side * 35, -45, 30), (10, 14, 16)), "fat")  # buccal fat pads
+    anatomy.add(Ellipsoid((0, -32, 50), (28, 30, 5)), "bone")  # hard palate
+    anatomy.add(Ellipsoid((0, -32, 50), (24, 26, 2.5)), "marrow")
 
     skull = Offset(head, -5.0)
     anatomy.add(Intersection((Shell(skull, 7.0), half_space(2, 25.0, keep_below=False))), "bone")
