@@ -89,11 +89,13 @@ def default_python() -> str:
     return sys.executable
 
 
-def worker_command(python: str | None = None, threads: int = 0) -> list[str]:
+def worker_command(python: str | None = None, threads: int = 0, import_early: bool = False) -> list[str]:
     """The command line that starts a warm worker."""
     command = [python or default_python(), "-u", "-m", "DuPLUSLib.worker"]
     if threads:
         command += ["--threads", str(threads)]
+    if import_early:
+        command.append("--import-early")
     return command
 
 
@@ -340,6 +342,21 @@ class SegmentationRunner:
         return time.monotonic() - self._run.started if self._run else 0.0
 
     # ------------------------------------------------------------------ commands
+    def prestart(self) -> None:
+        """Start a warm worker now, idle, so the first request skips the start-up wait.
+
+        The worker imports PyTorch and MONAI in the background meanwhile. Does nothing when a
+        worker is already running or the runner is cold (``warm=False``).
+        """
+        if not self.warm or self.busy or (self._worker is not None and self._worker.is_alive()):
+            return
+        self._discard_worker()
+        worker = WorkerProcess(
+            worker_command(self._python, self.threads, import_early=True), worker_environment(self._env, self.threads)
+        )
+        worker.start()
+        self._worker = worker
+
     def submit(self, request: dict[str, Any], callbacks: RunCallbacks | None = None) -> str:
         """Send a request (starting a worker if none is warm); returns its id at once."""
         if self.busy:

@@ -28,7 +28,8 @@ event ``CancelledError`` is written, nothing is left half-written) and the worke
 signal exits immediately. The Slicer module cancels by ending the whole process tree and starts a
 new worker for the next request.
 
-``--once`` serves exactly one request (read from stdin, or given with ``--request``) and exits
+``--import-early`` starts importing PyTorch and MONAI right after ``ready``, for a worker started
+ahead of the first request. ``--once`` serves exactly one request (read from stdin, or given with ``--request``) and exits
 with 0, 2 (refused or failed) or 130 (cancelled).
 """
 
@@ -255,7 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preload", action="store_true", help="load the model before reporting ready")
     parser.add_argument("--model", help="with --preload: the model folder (default: the bundled model)")
     parser.add_argument("--device", default="auto", help="with --preload: auto, cpu, cuda or mps")
+    parser.add_argument("--import-early", action="store_true",
+                        help="import PyTorch and MONAI in the background while waiting for the first request")
     return parser
+
+
+def _import_engine_in_background() -> None:
+    """Pay the seconds of importing torch and MONAI while the user is still choosing prompts.
+
+    The first request then finds the modules loaded; if it arrives sooner, Python's import lock
+    makes it wait for this import instead of starting a second one.
+    """
+
+    def load() -> None:
+        try:
+            import DuPLUSLib.inference  # noqa: F401
+        except Exception:  # the request itself will report the problem with its context
+            pass
+
+    threading.Thread(target=load, name="duplus-import-early", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 signals.busy = False
         emit({"event": "ready", "pid": os.getpid(), "version": __version__, "protocol": PROTOCOL_VERSION})
+        if args.import_early and not args.once:
+            _import_engine_in_background()
         if args.once:
             return _serve_once(worker, signals, emit, args.request)
         return _serve_forever(worker, signals)

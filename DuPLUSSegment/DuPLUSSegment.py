@@ -271,6 +271,8 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self._parameterNode.keepWorkerWarm:
+            self.logic.prestartWorker()
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -552,6 +554,18 @@ class DuPLUSSegmentLogic(ScriptedLoadableModuleLogic):
     @property
     def workerPid(self) -> int | None:
         return self.runner.worker_pid
+
+    def prestartWorker(self) -> bool:
+        """Start the background process ahead of the first Segment (only when its packages are
+        installed: nothing is installed or asked here). Returns whether a worker is running."""
+        if self.missingDependencies():
+            return False
+        try:
+            self.runner.prestart()
+        except WorkerError as error:
+            logging.warning(f"DuPLUS Segment: {error}")
+            return False
+        return self.runner.worker_pid is not None
 
     def setWarm(self, warm: bool) -> None:
         """Keep the worker (and its loaded model) between runs, or let it go after each."""

@@ -247,6 +247,16 @@ def test_cold_runner_lets_the_worker_go_after_each_run(input_path, model_dir):
         runner.shutdown()
 
 
+def test_prestarted_worker_serves_the_first_request(fresh_runner, input_path, model_dir):
+    runner = fresh_runner
+    runner.prestart()
+    pid = runner.worker_pid
+    assert pid is not None and runner.state is RunnerState.IDLE
+    outcome = run_to_end(runner, request(input_path, model_dir, prompts=["CT/abdomen/unicorn"])).outcome()
+    assert outcome[0] == "error" and isinstance(outcome[1], UnknownPromptError)
+    assert runner.worker_pid == pid
+
+
 def test_cancel_mid_run_ends_the_whole_process_tree_and_writes_nothing(input_path, model_dir, tmp_path):
     """The worker is started through a launcher script (as Slicer's PythonSlicer launcher does), so
     killing only the direct child would leave the real worker running."""
