@@ -21,7 +21,7 @@ from .geometry import Acquisition
 from .render import Canvas
 from .tissues import TISSUES, TissueProperties
 
-__all__ = ["DomainShift", "ImagingModel", "make_imaging_model", "texture_field"]
+__all__ = ["DomainShift", "NEW_CENTRE", "ImagingModel", "make_imaging_model", "texture_field"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class DomainShift:
     @property
     def is_identity(self) -> bool:
         return self == DomainShift()
+
+
+#: A ready-made "new centre": brighter, noisier, coarser scans, for domain-shift and LoRA experiments.
+NEW_CENTRE = DomainShift(intensity_scale=1.15, intensity_offset=40.0, noise=2.0, spacing_factor=1.3)
 
 
 def texture_field(rng: np.random.Generator, shape_kji, spacing, grain_mm: float = 8.0) -> np.ndarray:

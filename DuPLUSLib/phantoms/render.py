@@ -30,7 +30,6 @@ class Canvas:
     channels: np.ndarray  # [channel, k, j, i] float32
     labels: dict[str, np.ndarray]  # key -> bool [k, j, i]
     body: np.ndarray  # bool [k, j, i]
-    coordinates: tuple[np.ndarray, np.ndarray, np.ndarray]  # canonical x, y, z per voxel (mm)
 
 
 def paint(
@@ -68,7 +67,7 @@ def paint(
                 union = union | labels[part]
         labels[key] = union
     body = anatomy.body.sdf(px, py, pz) < 0
-    return Canvas(channels, labels, body, (px, py, pz))
+    return Canvas(channels, labels, body)
 
 
 #: Block edge (voxels) for the coarse pass of :func:`coverage_fraction`.

@@ -98,7 +98,7 @@ class UltrasoundModel(ImagingModel):
         self.gain_db = float(rng.uniform(-3, 3))
         self.tgc_db_per_cm = float(rng.uniform(0.8, 1.2))
         self.field_of_view: np.ndarray | None = None
-        self._probe: tuple[np.ndarray, np.ndarray, Probe] | None = None  # world apex, axes, probe
+        self._probe: tuple[Probe, float, np.ndarray] | None = None  # probe, voxel size, grid shape
 
     @property
     def background(self) -> np.ndarray:

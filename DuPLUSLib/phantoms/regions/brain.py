@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..anatomy import TUMOUR_PROBABILITY, Anatomy, Layer, jitter, point_inside, scale
+from ..anatomy import TUMOUR_PROBABILITY, Anatomy, Layer, point_inside, scale
 from ..shapes import (Ellipsoid, EllipticCylinder, Intersection, Offset, Ripple, Scaled, Shell, SmoothUnion, Tube,
                       half_space, random_waves, smooth_path)
 from .common import tumour_shape

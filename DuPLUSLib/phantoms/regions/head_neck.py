@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..anatomy import TUMOUR_PROBABILITY, Anatomy, jitter, point_inside, scale
+from ..anatomy import TUMOUR_PROBABILITY, Anatomy, jitter, scale
 from ..shapes import Ellipsoid, EllipticCylinder, Intersection, Offset, Shell, SmoothUnion, Tube, half_space, smooth_path
 from .common import add_spine, add_table, tumour_shape
 
