@@ -106,34 +106,55 @@ def coverage_fraction(shape, x: np.ndarray, y: np.ndarray, z: np.ndarray, spacin
 
 
 def _visible_labels(anatomy: Anatomy, painted, shape_kji) -> dict[str, np.ndarray]:
-    """Per structure, the voxels at least half covered by it and not by a later, foreign layer."""
-    coverage = {key: np.zeros(shape_kji, dtype=np.float32) for key in sorted(anatomy.keys)}
-    for position, (index, box, fraction) in enumerate(painted):
+    """Per structure, the voxels it visibly fills at least half of once every layer is composited.
+
+    Compositing follows the painter: a layer covering a fraction ``f`` of a voxel leaves ``1 - f`` of
+    each label there (except labels it lies within), and its own label becomes ``f + (1 - f) * before``,
+    so nested parts of one structure (a bone's cortex and marrow) are not counted twice. Each label's
+    coverage is kept only over the box its layers span.
+    """
+    coverage: dict[str, tuple[tuple[slice, slice, slice], np.ndarray]] = {}
+    for index, box, fraction in painted:
         layer = anatomy.layers[index]
+        for key, (extent, cover) in coverage.items():
+            if key == layer.key or key in layer.within:
+                continue
+            overlap = _intersect(extent, box)
+            if overlap is not None:
+                cover[_local(overlap, extent)] *= 1.0 - fraction[_local(overlap, box)]
         if not layer.key:
             continue
-        visible = fraction.copy()
-        for later_index, later_box, later_fraction in painted[position + 1 :]:
-            later = anatomy.layers[later_index]
-            if later.key == layer.key or layer.key in later.within:
-                continue
-            overlap = _intersect(box, later_box)
-            if overlap is None:
-                continue
-            mine = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, box))
-            theirs = tuple(slice(o.start - b.start, o.stop - b.start) for o, b in zip(overlap, later_box))
-            visible[mine] *= 1.0 - later_fraction[theirs]
-        target = coverage[layer.key][box]
-        coverage[layer.key][box] = np.minimum(target + visible, 1.0)
+        if layer.key in coverage:
+            extent, cover = coverage[layer.key]
+            grown = tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(extent, box))
+            if grown != extent:
+                bigger = np.zeros(tuple(g.stop - g.start for g in grown), dtype=np.float32)
+                bigger[_local(extent, grown)] = cover
+                extent, cover = grown, bigger
+        else:
+            extent, cover = box, np.zeros(fraction.shape, dtype=np.float32)
+        target = cover[_local(box, extent)]
+        target += fraction * (1.0 - target)
+        coverage[layer.key] = (extent, cover)
+
     labels = {}
-    for key, cover in coverage.items():
-        mask = cover >= 0.5
-        if not mask.any() and cover.max() > 0.05:
-            # Thinner than a voxel (an optic nerve at 4 mm): keep its most covered voxel so the
-            # structure is not silently lost at coarse resolution.
-            mask.flat[int(np.argmax(cover))] = True
+    for key in sorted(anatomy.keys):
+        mask = np.zeros(shape_kji, dtype=bool)
+        if key in coverage:
+            extent, cover = coverage[key]
+            local = cover >= 0.5
+            if not local.any() and cover.max() > 0.05:
+                # Thinner than a voxel (an optic nerve at 4 mm): keep its most covered voxel so the
+                # structure is not silently lost at coarse resolution.
+                local.flat[int(np.argmax(cover))] = True
+            mask[extent] = local
         labels[key] = mask
     return labels
+
+
+def _local(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``inner`` (global slices) as slices into an array that spans ``outer``."""
+    return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
 
 
 def _intersect(a, b):

@@ -154,6 +154,10 @@ def test_every_context_generates_all_its_structures(modality, region):
             present[key] += int(mask.any())
             if mask.any():
                 assert (mask & phantom.body).sum() >= 0.9 * mask.sum(), f"{key} lies outside the body"
+        organs = [k for k in wanted if ontology.structures[k].kind != "tumour" and k != "brain"]
+        for i, a in enumerate(organs):  # organs never share a voxel; only the brain contains others
+            for b in organs[i + 1:]:
+                assert not (phantom.labels[a] & phantom.labels[b]).any(), f"{a} and {b} overlap"
     for key, count in present.items():
         if ontology.structures[key].kind != "tumour":
             assert count == 2, f"{modality}/{region}: {key} is missing"

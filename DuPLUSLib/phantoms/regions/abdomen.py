@@ -89,7 +89,8 @@ def build_abdomen(rng: np.random.Generator, modality: str) -> Anatomy:
         iliac = smooth_path([(aorta_x - 6, vb_y - 24, -125), (side * 35, vb_y - 18, -165), (side * 55, vb_y - 5, -220)])
         anatomy.add(Tube(iliac, 7.0), "blood")
     ivc = smooth_path([(-25, vb_y - 22, -160), (-26, vb_y - 30, -20), (-28, vb_y - 42, 80), (-20, vb_y - 40, 150), (-10, vb_y - 40, 220)])
-    anatomy.add(Tube(ivc, rng.uniform(9.5, 12.5)), "blood", "inferior_vena_cava", within=("liver",))
+    # Its intrahepatic part is IVC, not liver, as organ label maps draw it.
+    anatomy.add(Tube(ivc, rng.uniform(9.5, 12.5)), "blood", "inferior_vena_cava")
     anatomy.add(Tube(smooth_path([(-5, -12, 12), (-25, -15, 35), (-45, -10, 55)]), 7.0), "blood", within=("liver", "pancreas"))
     for target in ((-100, 0, 90), (-40, -30, 110), (10, -40, 95)):
         anatomy.add(Tube(np.array([(-22, vb_y - 40, 125), target]), [6.0, 2.5]), "blood", within=("liver",))
