@@ -127,13 +127,13 @@ class Worker:
             self.emit({"event": "progress", "id": request_id, "stage": stage,
                        "fraction": round(float(fraction), 4), "message": message})
 
+        from .ontology import load_ontology
+
+        load_ontology().parse_many(request["prompts"], request.get("modality"))  # a typo fails at once
         if "DuPLUSLib.inference" not in sys.modules:  # the first request pays for the imports: say so
             progress("loading", 0.0, "starting PyTorch and MONAI")
         from .inference import segment_file
 
-        from .ontology import load_ontology
-
-        load_ontology().parse_many(request["prompts"], request.get("modality"))  # a typo fails before the model loads
         segmenter, reused, load_seconds = self.segmenter_for(request.get("model"), request.get("device") or "auto", progress)
         summary = segment_file(
             request["input"],
