@@ -101,8 +101,20 @@ class PrognosisBundle:
             percentile=self.reference.percentile(risk), risk_group=self.reference.group_of(risk),
             survival=survival, curve_times=[float(t) for t in grid], curve=[float(v) for v in point[: len(grid)]],
             curve_lower=[float(v) for v in lower[: len(grid)]], curve_upper=[float(v) for v in upper[: len(grid)]],
-            time_unit=unit, image_features=dict(image_values or {}),
+            time_unit=unit, image_features=dict(image_values or {}), notes=self._unseen_field_notes(record),
         )
+
+    def _unseen_field_notes(self, record: EHRRecord) -> list[str]:
+        """Fields given for this patient that the training cohort never recorded: the model has not
+        learnt their effect (the sentence carries them, but no training patient varied in them)."""
+        recorded = self.training.get("fields_recorded")
+        if recorded is None:
+            return []
+        unseen = [f for f, v in record.to_dict().items() if f not in recorded]
+        if not unseen:
+            return []
+        return [f"the training cohort did not record {', '.join(unseen)}; this model cannot weigh "
+                f"{'it' if len(unseen) == 1 else 'them'} (it learnt from {', '.join(recorded) or 'nothing'})"]
 
     # ---------------------------------------------------------------------------- persistence
     def save(self, folder: str | os.PathLike[str], overwrite: bool = False) -> Path:

@@ -171,7 +171,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise OutputPathError(f"model folder '{output}' exists and is not empty; pass --overwrite to replace it")
     cohort, inputs, config, deep_model = _prepare(args)
-    info = {"command": "duplus " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("duplus") else " ".join(sys.argv),
+    info = {"arguments": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
             "features": list(config.use)}
     if args.cv_repeats > 0:
         result = evaluate_cohort(inputs, cohort, config, args.cv_folds, args.cv_repeats, args.cv_seed, ablations=False)

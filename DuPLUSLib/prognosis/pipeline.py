@@ -17,7 +17,7 @@ from ..imageio import atomic_output, check_output_path
 from .baseline import CoxBaseline
 from .bundle import PrognosisBundle, load_prognosis_bundle
 from .cohort import Cohort, CohortError
-from .ehr import EHRValidationError, parse_ehr
+from .ehr import EHR_FIELDS, EHRValidationError, parse_ehr
 from .evaluation import CVResult, cross_validate
 from .features import PatientInputs, encode_patients
 from .image_features import (MEASUREMENT_NAMES, NoTumourError, measurements_vector, pooled_network_features,
@@ -95,6 +95,7 @@ def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig,
         text_encoder=dict(text_encoder_info or {"id": "sentence-transformers/all-MiniLM-L6-v2", "path": None}),
         image_features=image_info,
         training={"patients": len(cohort), "events": int(cohort.event.sum()), "source": cohort.source,
+                  "fields_recorded": [f for f in EHR_FIELDS if any(getattr(r, f) is not None for r in cohort.records)],
                   **dict(training_info or {})},
     )
 

@@ -121,6 +121,7 @@ class PatientReadout:
     curve_upper: list[float]
     time_unit: str = "years"
     image_features: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. fields the training cohort never recorded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +134,7 @@ class PatientReadout:
             note = " (beyond the training follow-up)" if s["beyond_follow_up"] else ""
             lines.append(f"Predicted survival at {name[:-1]} years: {100 * s['estimate']:.0f}% "
                          f"(95% interval {100 * s['lower']:.0f}-{100 * s['upper']:.0f}%){note}.")
+        lines.extend(f"Note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 

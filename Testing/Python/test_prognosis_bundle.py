@@ -82,3 +82,12 @@ def test_bundled_model_is_the_larynx_ehr_model():
     assert bundle.reference.labels == ["low", "intermediate", "high"] and bundle.reference.time_unit == "years"
     assert "text" in bundle.model.config.use and not bundle.uses_image
     assert bundle.training["cross_validation"]["summary"]["duplus"]["c_index_mean"] > 0.6
+
+
+def test_readout_notes_fields_the_training_cohort_never_recorded(trained):
+    from DuPLUSLib.prognosis.ehr import EHRRecord
+
+    bundle, _, _ = trained
+    assert bundle.readout(EHRRecord(age=60, stage="II")).notes == []
+    notes = bundle.readout(EHRRecord(age=60, stage="II", hpv="positive")).notes
+    assert len(notes) == 1 and "did not record hpv" in notes[0] and "age, site, stage" in notes[0]
