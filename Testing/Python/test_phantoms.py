@@ -237,6 +237,13 @@ def test_an_unknown_region_is_refused_with_the_choices():
         generate_phantom("CT", "knee", 0)
 
 
+def test_size_mm_sets_the_field_of_view():
+    phantom = generate_phantom("CT", "pelvis", 0, spacing=FAST, size_mm=(200, 160, 120))
+    extent = np.asarray(phantom.image.shape_ijk) * np.asarray(phantom.image.spacing)
+    expected = np.abs(phantom.image.direction.T) @ np.array([200.0, 160.0, 120.0])  # patient x, y, z
+    assert np.allclose(extent, expected, atol=FAST)
+
+
 # ------------------------------------------------------------------------------------- MNI152
 @pytest.fixture(scope="module")
 def mni_plain() -> Phantom:
@@ -278,3 +285,14 @@ def test_mni_augmentation_is_deterministic_per_seed():
     a, b = mni152_case(seed=5, resolution_mm=4), mni152_case(seed=5, resolution_mm=4)
     assert np.array_equal(a.image.array, b.image.array)
     assert np.array_equal(a.labels["grey_matter"], b.labels["grey_matter"])
+
+
+def test_the_cli_writes_the_mni_case(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["phantom", "--mni", "--seed", "4", "--spacing", "4",
+                              "-o", str(tmp_path / "mni.nii.gz"), "--label", str(tmp_path / "mni.seg.nrrd")])
+    assert run(args) == 0
+    geometry, masks = read_segmentation(tmp_path / "mni.seg.nrrd", load_ontology())
+    assert set(masks) == {"brain", "grey_matter", "white_matter"}
+    assert geometry.same_geometry(read_image(tmp_path / "mni.nii.gz"), tolerance=1e-3)
