@@ -129,10 +129,15 @@ class CTModel(ImagingModel):
 
     modality = "CT"
 
+    #: Late-arterial phase: bright arteries and renal cortex, liver barely enhanced yet.
+    _ARTERIAL = {"blood": 280.0, "kidney_cortex": 200.0, "kidney_medulla": 70.0, "liver": 75.0, "spleen": 105.0,
+                 "pancreas": 120.0, "myocardium": 130.0, "tumour": 95.0, "kidney_tumour": 150.0, "liver_tumour": 100.0}
+
     def __init__(self, rng, region, shift):
         super().__init__(rng, region, shift)
         self.contrast = bool(rng.random() < (0.3 if region == "brain" else 0.65))
-        self.protocol = "contrast-enhanced" if self.contrast else "non-contrast"
+        self.arterial = self.contrast and region in ("thorax", "abdomen") and bool(rng.random() < 0.3)
+        self.protocol = "arterial phase" if self.arterial else "contrast-enhanced" if self.contrast else "non-contrast"
         # Head protocols use more dose and softer kernels: brain noise is a few HU, body noise more.
         low, high = (3.0, 8.0) if region in ("brain", "head_neck") else (6.0, 18.0)
         self.noise_hu = float(rng.uniform(low, high)) * shift.noise
@@ -140,6 +145,8 @@ class CTModel(ImagingModel):
     def values(self, tissue):
         p: TissueProperties = TISSUES[tissue]
         hu = p.ct_contrast if self.contrast else p.ct_plain
+        if self.arterial:
+            hu = self._ARTERIAL.get(tissue, hu)
         if -500 < hu < 300:  # soft tissue varies a little between patients; air and bone hardly
             hu = hu + 40.0 * (self._jittered(tissue, 0.15) - 1.0)
         texture = p.texture * max(20.0, 0.1 * abs(hu))
@@ -153,11 +160,11 @@ class CTModel(ImagingModel):
 
 
 class MRIModel(ImagingModel):
-    """Arbitrary units; T1- or T2-weighted (cine bSSFP for the heart); bias field; Rician noise."""
+    """Arbitrary units; T1-, T2-weighted or FLAIR (cine bSSFP for the heart); bias field; Rician noise."""
 
     modality = "MRI"
     _PROTOCOLS = {
-        "brain": ("t1", "t2"),
+        "brain": ("t1", "t2", "flair"),
         "head_neck": ("t1", "t2"),
         "thorax": ("bssfp",),
         "abdomen": ("t1", "t2"),
@@ -172,9 +179,17 @@ class MRIModel(ImagingModel):
         self.noise = float(rng.uniform(0.008, 0.03)) * 1000 * shift.noise
         self.bias_strength = float(rng.uniform(0.1, 0.3)) * shift.bias
 
+    #: FLAIR is T2 weighting with free water nulled: dark CSF, bright oedema and tumour.
+    _FLAIR = {"csf": 60.0, "urine": 60.0, "bile": 60.0, "eye": 60.0, "gastric_fluid": 80.0,
+              "edema": 950.0, "brain_tumour": 800.0, "necrosis": 300.0}
+
     def values(self, tissue):
         p = TISSUES[tissue]
-        signal = getattr(p, self.protocol) * self._jittered(tissue, 0.12)
+        if self.protocol == "flair":
+            base = self._FLAIR.get(tissue, p.t2)
+        else:
+            base = getattr(p, self.protocol)
+        signal = base * self._jittered(tissue, 0.12)
         return np.array([signal, signal * p.texture * 0.15], dtype=np.float32)
 
     def finish(self, canvas, acquisition):
