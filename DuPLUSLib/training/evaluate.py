@@ -45,10 +45,12 @@ __all__ = [
     "DataSource",
     "EvaluationCase",
     "evaluate_cases",
+    "evaluate_model",
     "markdown_report",
     "parse_data_spec",
     "register",
     "structure_metrics",
+    "write_report",
 ]
 
 
@@ -138,6 +140,19 @@ def evaluate_cases(
         "weights_sha256": bundle.config.files.get("weights", {}).get("sha256"),
         "adapter": bundle.config.training.get("adapter"),
     }
+    return report
+
+
+def evaluate_model(bundle, sources: Sequence["DataSource"], device: str = "auto", precision: str = "auto",
+                   progress: Callable[[int, str], None] | None = None) -> dict:
+    """Evaluate a loaded bundle on data sources: what the command, the experiments and the card use."""
+    import itertools
+
+    from ..inference import Segmenter
+
+    segmenter = Segmenter(bundle, device=device, precision=precision)
+    report = evaluate_cases(segmenter, itertools.chain.from_iterable(s.cases() for s in sources), progress)
+    report["data"] = [s.describe() for s in sources]
     return report
 
 
@@ -231,6 +246,14 @@ class DataSource:
     spacing: float | None = None  # phantoms: isotropic mm instead of the generator's realistic spacing
     domain_shift: dict[str, float] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The spec string that names this data again."""
+        if self.kind == "decathlon":
+            return f"{self.path} (mapping {self.mapping})"
+        head = self.kind + (":" + ",".join(f"{m}/{r}" for m, r in self.contexts) if self.kind == "phantom" else "")
+        extra = ([f"spacing={self.spacing:g}"] if self.spacing else []) + [f"{k}={v:g}" for k, v in self.domain_shift.items()]
+        return ":".join([head, f"seeds={self.seeds[0]}-{self.seeds[-1]}", *extra])
+
     def cases(self) -> Iterator[EvaluationCase]:
         """The cases, one at a time (a Decathlon folder can be larger than memory)."""
         if self.kind == "decathlon":
@@ -292,6 +315,7 @@ def parse_data_spec(text: str, mapping: str | None = None, ontology: Ontology | 
         seeds = _parse_seeds(options.pop("seeds"), text)
         spacing = float(options.pop("spacing")) if "spacing" in options else None
         shift = {k: float(v) for k, v in options.items()}
+        _check_shift(shift, text)
         if head == "mni152" and (shift or spacing):
             raise DataSpecError(f"'{text}': mni152 takes only seeds")
         return DataSource(head, head, seeds=seeds, contexts=contexts, spacing=spacing, domain_shift=shift)
@@ -305,6 +329,20 @@ def parse_data_spec(text: str, mapping: str | None = None, ontology: Ontology | 
     if not mapping_path.is_file():
         raise DataSpecError(f"no mapping for '{folder}': pass --mapping FILE or put mapping.json in the folder")
     return DataSource("decathlon", folder.name, path=str(folder), mapping=str(mapping_path))
+
+
+def _check_shift(shift: dict[str, float], spec: str) -> None:
+    if not shift:
+        return
+    from dataclasses import fields
+
+    from ..phantoms import DomainShift
+
+    known = {f.name for f in fields(DomainShift)}
+    unknown = set(shift) - known
+    if unknown:
+        raise DataSpecError(f"'{spec}': unknown option(s) {', '.join(sorted(unknown))}; "
+                            f"known: seeds, spacing, {', '.join(sorted(known))}")
 
 
 def _parse_contexts(text: str, ontology: Ontology, spec: str) -> list[tuple[str, str]]:
@@ -359,36 +397,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import itertools
     import sys
 
-    from ..bundle import load_bundle
     from ..imageio import check_output_path
-    from ..inference import Segmenter
-    from .adapters import load_adapter
+    from .adapters import load_bundle_with_adapter
 
     check_output_path(args.output, overwrite=True)
     if args.markdown:
         check_output_path(args.markdown, overwrite=True)
     sources = [parse_data_spec(d, args.mapping) for d in args.data]
-    bundle = load_bundle(args.model, device="cpu")
-    if args.adapter:
-        bundle = load_adapter(bundle, args.adapter)
-    segmenter = Segmenter(bundle, device=args.device, precision=args.precision)
-    cases = itertools.chain.from_iterable(source.cases() for source in sources)
+    bundle = load_bundle_with_adapter(args.model, args.adapter)
 
     def progress(index: int, name: str) -> None:
         print(f"evaluating case {index + 1}: {name}", file=sys.stderr, flush=True)
 
-    report = evaluate_cases(segmenter, cases, progress)
-    report["data"] = list(args.data)
-    with atomic_output(args.output) as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown_report(report)
-    if args.markdown:
-        with atomic_output(args.markdown) as temporary:
-            temporary.write_text(text)
-    print(text)
+    report = evaluate_model(bundle, sources, args.device, args.precision, progress)
+    write_report(report, args.output, args.markdown)
+    print(markdown_report(report))
     return 0
 
 

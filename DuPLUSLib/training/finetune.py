@@ -169,7 +169,7 @@ def finetune(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 12.0)
         optimiser.step()
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {step + 1}; lower the learning rate")
         losses.append(value)
