@@ -159,7 +159,7 @@ def test_a_decathlon_folder_needs_a_mapping(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- the command
-def tiny_bundle(folder: Path):
+def tiny_bundle(folder: Path, spacing: float = 3.0):
     """An untrained, tiny, one-hot-coded model: enough to run the real Segmenter in a second."""
     from DuPLUSLib.bundle import BundleConfig, InferenceSettings, ModelBundle
     from DuPLUSLib.network import DuPLUSNet, NetworkConfig
@@ -171,7 +171,7 @@ def tiny_bundle(folder: Path):
     codes, entry = build_prompt_codes(ontology, "onehot")
     network_config = NetworkConfig(channels=(8, 16), encoder_blocks=1, decoder_blocks=1, conditioned_decoder_stages=1,
                                    text_dim=codes.dim, head_embed=16, condition_hidden=16, head_channels=4)
-    config = BundleConfig("tiny", network_config, InferenceSettings(spacing=(3.0, 3.0, 3.0), patch_size=(16, 16, 16)),
+    config = BundleConfig("tiny", network_config, InferenceSettings(spacing=(spacing,) * 3, patch_size=(16, 16, 16), overlap=0.25),
                           ontology.version, text_encoder=entry, weights_dtype="float32")
     return ModelBundle(None, config, DuPLUSNet(network_config).eval(), codes, ontology).save(folder)
 
@@ -198,3 +198,23 @@ def test_duplus_evaluate_reports_a_bad_dataset_as_a_clear_error(tmp_path, capsys
     code = main(["evaluate", "--model", str(model), "--data", "phantom:CT/abdomen", "-o", str(tmp_path / "r.json")])
     assert code == 2
     assert "names no seeds" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- phantoms
+def test_held_out_phantoms_are_evaluated_at_a_coarse_spacing(tmp_path):
+    from DuPLUSLib.bundle import load_bundle
+    from DuPLUSLib.training.evaluate import evaluate_model
+
+    bundle = load_bundle(tiny_bundle(tmp_path / "model", spacing=8.0))
+    report = evaluate_model(bundle, [parse_data_spec("phantom:CT/abdomen:seeds=7:spacing=8")], device="cpu")
+    assert report["overall"]["cases"] == 1
+    assert {"liver", "spleen", "kidney_left"} <= {r["structure"] for r in report["by_structure"]}
+    assert report["data"] == ["phantom:CT/abdomen:seeds=7-7:spacing=8"]
+
+
+def test_a_domain_shift_changes_the_image_and_keeps_the_anatomy():
+    plain = next(parse_data_spec("phantom:CT/abdomen:seeds=7:spacing=8").cases())
+    shifted = next(parse_data_spec("phantom:CT/abdomen:seeds=7:spacing=8:intensity_offset=100").cases())
+    np.testing.assert_array_equal(shifted.labels["liver"], plain.labels["liver"])
+    liver = plain.labels["liver"]
+    assert shifted.image.array[liver].mean() > plain.image.array[liver].mean() + 50

@@ -221,3 +221,11 @@ def test_duplus_finetune_then_evaluate_with_the_adapter(setup, tmp_path):
     assert json.loads(report.read_text())["model"]["adapter"]["name"] == "centre_b"
     # a second run into the same folder is refused, not silently overwritten
     assert main(["finetune", "--model", str(base_dir), "--data", str(data), "--steps", "1", "-o", str(adapter)]) == 2
+
+
+def test_new_centre_phantoms_become_fine_tuning_cases(setup):
+    _, base_dir, *_ = setup
+    source = parse_data_spec("phantom:CT/abdomen:seeds=2000-2001:spacing=8:intensity_scale=1.2:noise=2")
+    cases = prepare_cases(load_bundle(base_dir), [source])
+    assert [c.name for c in cases] == ["CT-abdomen-2000", "CT-abdomen-2001"]
+    assert "liver" in cases[0].annotated and cases[0].image.dtype.name == "float16"
