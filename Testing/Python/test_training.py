@@ -168,3 +168,24 @@ def test_a_yaml_config_with_a_typo_fails_on_load(tmp_path):
     path.write_text("name: x\ndatasets: [{kind: phantom}]\ntraining: {step: 10}\n")
     with pytest.raises(ConfigError, match="step"):
         load_config(path)
+
+
+# ------------------------------------------------------------------------- the shipped configs
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+
+
+@pytest.mark.skipif(not EXPERIMENTS.is_dir(), reason="experiments/ not in this checkout")
+def test_the_experiment_configs_are_valid_training_configs():
+    import yaml
+
+    from DuPLUSLib.training.config import load_config
+    from DuPLUSLib.training.decathlon import load_mapping
+
+    ablation = yaml.safe_load((EXPERIMENTS / "ablation.yaml").read_text())
+    for arm in ablation["arms"].values():
+        values = ablation["training_config"] | {"prompts": {"code": arm["code"]}}
+        values["network"] = values["network"] | {"conditioning": arm["conditioning"]}
+        TrainingConfig.from_dict(values)
+    TrainingConfig.from_dict(yaml.safe_load((EXPERIMENTS / "new_centre.yaml").read_text())["base_training"])
+    assert load_config(EXPERIMENTS / "decathlon_finetune.yaml").datasets[0].kind == "decathlon"
+    assert load_mapping(EXPERIMENTS / "task03_liver_mapping.json").structures["liver"] == (1, 2)
