@@ -52,6 +52,7 @@ __all__ = [
     "decathlon_case_specs",
     "iter_decathlon_cases",
     "load_decathlon_case",
+    "load_entry",
     "load_mapping",
     "read_dataset_json",
     "toy_case",

@@ -32,7 +32,7 @@ from ..bundle import ModelBundle
 from ..devices import autocast_dtype, select_device
 from ..errors import ModelBundleError, OutputPathError
 from ..text import PromptEmbeddings
-from .adapters import AdapterInfo, add_adapters, base_sha256, merge_adapters, norm_parameter_names, save_adapter, trainable_summary
+from .adapters import AdapterInfo, add_adapters, base_sha256, merge_adapters, norm_parameter_names, save_adapter
 from .data import PatchSampler, TrainingCase, make_case
 from .evaluate import DataSource, EvaluationCase
 

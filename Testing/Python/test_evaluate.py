@@ -218,3 +218,9 @@ def test_a_domain_shift_changes_the_image_and_keeps_the_anatomy():
     np.testing.assert_array_equal(shifted.labels["liver"], plain.labels["liver"])
     liver = plain.labels["liver"]
     assert shifted.image.array[liver].mean() > plain.image.array[liver].mean() + 50
+
+
+def test_mni152_specs_yield_the_real_brain_with_its_three_labels():
+    case = next(parse_data_spec("mni152:seeds=0").cases())
+    assert (case.modality, case.region) == ("MRI", "brain")
+    assert set(case.labels) == {"brain", "grey_matter", "white_matter"}
