@@ -144,7 +144,7 @@ def finetune(
             raise ModelBundleError("this model codes prompts one-hot; it has no text encoder to adapt")
         encoder = factory()
         encoder.add_lora(rank=settings.text_lora_rank, alpha=2 * settings.text_lora_rank, dropout=0.0)
-        encoder.to(torch_device).train()
+        encoder.to(torch_device).eval()  # gradients reach the adapters; the base's own dropout stays off
         codes = _EncoderCodes(encoder)  # type: ignore[assignment]
         text_parameters = [p for p in encoder.parameters() if p.requires_grad]
         parameters += text_parameters
