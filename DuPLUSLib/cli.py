@@ -50,6 +50,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                               "structure of a region; repeat for several")
     segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
     segment.add_argument("--model", help="model folder (default: the bundled model)")
+    segment.add_argument("--adapter", help="adapter folder from 'duplus finetune', applied on top of --model")
     segment.add_argument("--modality", help="modality for prompts that name only a structure")
     segment.add_argument("--report", help="write a JSON report here")
     segment.add_argument("--preview", help="write a three-plane PNG preview here")
@@ -134,6 +135,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             args.prompts,
             args.output,
             model=args.model,
+            adapter=args.adapter,
             device=args.device,
             modality=args.modality,
             report=args.report,

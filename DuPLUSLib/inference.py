@@ -273,6 +273,7 @@ def segment_file(
     output_path: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | None = None,
+    adapter: str | os.PathLike[str] | None = None,
     segmenter: Segmenter | None = None,
     device: str = "auto",
     modality: str | None = None,
@@ -301,7 +302,7 @@ def segment_file(
     image = read_image(input_path)
     if segmenter is None:
         progress("loading", 0.5, "loading the model")
-        segmenter = Segmenter(load_bundle(model) if model else None, device=device)
+        segmenter = Segmenter(_load_model(model, adapter), device=device)
     parsed = segmenter.parse_prompts(prompts, modality)
     result = segmenter.segment(image, parsed, progress, cancel, keep_probabilities=probabilities_dir is not None)
     if cancel and cancel():
@@ -334,6 +335,14 @@ def segment_file(
         summary["report"] = str(Path(report).resolve())
     progress("writing", 1.0, "done")
     return summary
+
+
+def _load_model(model: str | os.PathLike[str] | None, adapter: str | os.PathLike[str] | None) -> ModelBundle | None:
+    if adapter is None:
+        return load_bundle(model) if model else None
+    from .training.adapters import load_bundle_with_adapter  # adapters are optional: imported only when used
+
+    return load_bundle_with_adapter(model, adapter)
 
 
 def _probability_file_name(prompt_key: str) -> str:

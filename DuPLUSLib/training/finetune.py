@@ -36,10 +36,7 @@ from .adapters import AdapterInfo, add_adapters, base_sha256, merge_adapters, no
 from .data import PatchSampler, TrainingCase, make_case
 from .evaluate import DataSource, EvaluationCase
 
-try:  # the loop's own step function, so fine-tuning computes the loss exactly as training does
-    from .loop import training_step as _loop_step  # type: ignore[attr-defined]
-except ImportError:
-    from .loop import _step as _loop_step
+from .loop import training_step  # fine-tuning computes the loss exactly as training does
 
 __all__ = ["FinetuneSettings", "FinetuneResult", "finetune", "prepare_cases", "register", "save_result"]
 
@@ -164,7 +161,7 @@ def finetune(
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(step, settings.steps, settings.lr, settings.warmup_steps)
         batch = sampler.batch(settings.batch_size)
-        loss, _ = _loop_step(network, batch, codes, torch_device, autocast, settings)
+        loss, _ = training_step(network, batch, codes, torch_device, autocast, settings)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 12.0)

@@ -35,7 +35,7 @@ from .data import Batch, PatchSampler, build_cases, case_specs
 from .losses import partial_label_loss
 from .prompt_codes import build_prompt_codes
 
-__all__ = ["RunFolderError", "export_checkpoint", "train", "TrainingOutcome"]
+__all__ = ["RunFolderError", "export_checkpoint", "train", "training_step", "TrainingOutcome"]
 
 
 class RunFolderError(DuPLUSError):
@@ -144,7 +144,7 @@ def train(
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(step, opt.steps, opt.learning_rate, opt.warmup_steps)
         batch = sampler.batch(opt.batch_size)
-        loss, parts = _step(model, batch, codes, torch_device, autocast, opt)
+        loss, parts = training_step(model, batch, codes, torch_device, autocast, opt)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
@@ -194,7 +194,8 @@ def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], o
 
 
 # -------------------------------------------------------------------------------- one step
-def _step(model, batch: Batch, codes: PromptEmbeddings, device, autocast, opt):
+def training_step(model, batch: Batch, codes: PromptEmbeddings, device, autocast, opt):
+    """Forward and loss for one batch; shared by ``train`` and ``finetune`` so both optimise the same thing."""
     images = batch.images.to(device)
     contexts = codes.get(batch.contexts).to(device)
     flat = [t for texts in batch.targets_text for t in texts]
