@@ -47,8 +47,9 @@ class PrognosisConfig:
     hidden: int = 0  # width of the optional non-linear branch; 0 = linear Cox head
     dropout: float = 0.1
     weight_decay: float = 0.1  # L2 penalty (per event) on the head's weights
+    text_penalty: float = 10.0  # multiplies the L2 penalty on the text and deep blocks' weights
     learning_rate: float = 0.04
-    max_epochs: int = 200
+    max_epochs: int = 60
     early_stopping: bool = True  # False: train max_epochs (the L2 penalty alone regularises)
     validation_fraction: float = 0.25
     inner_splits: int = 3  # held-out splits whose averaged loss curve picks the number of epochs
@@ -90,8 +91,13 @@ class SurvivalHead(nn.Module):
             risk = risk + self.mlp(features).squeeze(-1)
         return risk
 
-    def penalty(self) -> torch.Tensor:
-        return sum((p ** 2).sum() for name, p in self.named_parameters() if name.endswith("weight"))
+    def penalty(self, column_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of squared weights; ``column_weights`` scales the linear term's penalty per input column."""
+        linear = self.linear.weight[0] ** 2
+        total = (linear * column_weights).sum() if column_weights is not None else linear.sum()
+        if self.mlp is not None:
+            total = total + sum((p ** 2).sum() for name, p in self.mlp.named_parameters() if name.endswith("weight"))
+        return total
 
 
 @dataclass
@@ -129,6 +135,7 @@ class PrognosisModel:
         config = self.config
         self.features = FeatureSpace.fit(inputs, config.use, config.text_components, config.deep_components)
         x = self.features.transform(inputs)
+        self._column_penalty = self._penalty_per_column()
         rng = np.random.default_rng(config.seed)
         self.epochs = self._choose_epochs(x, time, event, rng)
         self.main = self._fit_head(x, time, event, self.epochs, seed=config.seed)
@@ -138,6 +145,14 @@ class PrognosisModel:
             rows = _bootstrap_rows(event, rng)
             self.replicates.append(self._fit_head(x[rows], time[rows], event[rows], self.epochs, seed=config.seed + 1 + b))
         return self
+
+    def _penalty_per_column(self) -> torch.Tensor:
+        """Heavier shrinkage for the wide learnt representations (sentence embedding, network
+        features) than for the clinical numbers and tumour measurements: their components carry
+        signal only in some directions, and with tens of events the rest is fitted noise."""
+        weights = [np.full(block.width, self.config.text_penalty if name in ("text", "deep") else 1.0)
+                   for name, block in self.features.blocks.items()]
+        return torch.as_tensor(np.concatenate(weights), dtype=torch.float32)
 
     def _choose_epochs(self, x: np.ndarray, time: np.ndarray, event: np.ndarray, rng: np.random.Generator) -> int:
         """Early stopping: the epoch with the lowest held-out partial likelihood, averaged over a few
@@ -185,7 +200,8 @@ class PrognosisModel:
     def _step(self, head: SurvivalHead, optimiser: torch.optim.Optimizer, x: torch.Tensor, index: RiskSetIndex) -> None:
         head.train()
         optimiser.zero_grad()
-        loss = cox_negative_log_likelihood(head(x), index) + self.config.weight_decay * head.penalty()
+        loss = cox_negative_log_likelihood(head(x), index) + self.config.weight_decay * head.penalty(
+            getattr(self, "_column_penalty", None))
         loss.backward()
         optimiser.step()
 
@@ -227,7 +243,14 @@ class PrognosisModel:
         curves = np.stack([survival_at(np.asarray(times, float), r.event_times, r.cumulative_hazard, r.risk(x))
                            for r in self.replicates])
         z = NormalDist().inv_cdf(0.5 + level / 2)
-        spread = np.std(_cloglog(curves), axis=0)
+        # A replicate whose curve is still exactly 1 (no event yet in its resample) or 0 has no
+        # log(-log S); it says nothing about the spread there and would blow it up, so it is left out.
+        transformed = np.where((curves > 0) & (curves < 1), _cloglog(curves), np.nan)
+        counts = np.sum(np.isfinite(transformed), axis=0)
+        filled = np.where(np.isfinite(transformed), transformed, 0.0)
+        mean = filled.sum(0) / np.maximum(counts, 1)
+        variance = (np.where(np.isfinite(transformed), (transformed - mean) ** 2, 0.0)).sum(0) / np.maximum(counts, 1)
+        spread = np.where(counts >= 2, np.sqrt(variance), 0.0)
         centre = _cloglog(point)
         lower = np.exp(-np.exp(centre + z * spread))
         upper = np.exp(-np.exp(centre - z * spread))

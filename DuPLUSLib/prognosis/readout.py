@@ -129,13 +129,19 @@ class PatientReadout:
     def summary_text(self) -> str:
         lines = [self.sentence,
                  f"Risk score {self.risk_score:+.2f} (hazard ratio {self.hazard_ratio:.2f} vs the average "
-                 f"training patient), {self.percentile:.0f}th percentile: {self.risk_group} risk group."]
+                 f"training patient), {_ordinal(self.percentile)} percentile: {self.risk_group} risk group."]
         for name, s in self.survival.items():
             note = " (beyond the training follow-up)" if s["beyond_follow_up"] else ""
             lines.append(f"Predicted survival at {name[:-1]} years: {100 * s['estimate']:.0f}% "
                          f"(95% interval {100 * s['lower']:.0f}-{100 * s['upper']:.0f}%){note}.")
         lines.extend(f"Note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _ordinal(value: float) -> str:
+    number = int(round(value))
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _nice_ticks(end: float, count: int = 6) -> list[float]:

@@ -81,7 +81,7 @@ def test_bundled_model_is_the_larynx_ehr_model():
     assert bundle.training["patients"] == 90 and bundle.training["events"] == 50
     assert bundle.reference.labels == ["low", "intermediate", "high"] and bundle.reference.time_unit == "years"
     assert "text" in bundle.model.config.use and not bundle.uses_image
-    assert bundle.training["cross_validation"]["summary"]["duplus"]["c_index_mean"] > 0.6
+    assert 0.55 < bundle.training["cross_validation"]["summary"]["duplus"]["c_index_mean"] < 0.8
 
 
 def test_readout_notes_fields_the_training_cohort_never_recorded(trained):
