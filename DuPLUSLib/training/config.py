@@ -114,6 +114,7 @@ class TrainingConfig:
     prompts: PromptSettings = field(default_factory=PromptSettings)
     training: OptimisationSettings = field(default_factory=OptimisationSettings)
     text_encoder: str | None = None  # a local Hugging Face folder; None: the bundled MiniLM
+    initial_model: str | None = None  # a model folder whose weights start this run (warm start)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":

@@ -97,6 +97,8 @@ def train(
     codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder)
     network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
     network = DuPLUSNet(network_config).to(torch_device)
+    if config.initial_model and not resume:
+        _warm_start(network, config.initial_model)
 
     specs = case_specs(config.datasets, config.seed, ontology)
     if dist.main:
@@ -191,6 +193,16 @@ def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], o
     step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"]
     settings = InferenceSettings.from_dict(config.inference)
     return _save_model(Path(output), config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
+
+
+def _warm_start(network: DuPLUSNet, model_dir: str) -> None:
+    """Start from another bundle's weights (verified by sha256); its architecture must match."""
+    from ..bundle import load_bundle
+
+    source = load_bundle(model_dir)
+    if source.network.config.to_dict() != network.config.to_dict():
+        raise RunFolderError(f"initial_model '{model_dir}' has another network configuration than this run")
+    network.load_state_dict(source.network.state_dict())
 
 
 # -------------------------------------------------------------------------------- one step
