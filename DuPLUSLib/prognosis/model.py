@@ -12,8 +12,11 @@ Design, and why:
   interaction with many more parameters than cohorts of ~100 events can estimate. An optional
   small hidden layer (``hidden > 0``) adds non-linear terms on top of the linear ones.
 * **Training**: Breslow partial likelihood, L2 penalty (weight decay), full-batch Adam, early
-  stopping on a held-out part of the training patients; the chosen number of epochs is then used to
-  refit on all of them, so no patient is wasted.
+  stopping on held-out parts of the training patients; the chosen number of epochs is then used to
+  refit on all of them, so no patient is wasted. The sentence-embedding (and network-feature)
+  columns get a 10x heavier penalty than the clinical numbers: with the same penalty their 16
+  components added variance and cost C-index on the larynx cohort (0.643 against 0.663 for CoxPH);
+  with it the model scores 0.672 (PROGNOSIS_CARD.md).
 * **Individual curves** come from Breslow's baseline hazard on the training patients; intervals
   come from bootstrap refits of the head (resampled patients), which carry the uncertainty of the
   weights and of the baseline hazard together.
