@@ -248,6 +248,22 @@ class _StopSignals:
         return self.requested.is_set()
 
 
+def _exit_when_orphaned(interval_s: float = 1.0) -> None:
+    """End the worker if the program that started it dies without closing our stdin (killed, or
+    stdin shared with another process): no model stays loaded and no CPU is burnt for nobody."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        import psutil
+
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent or not psutil.pid_exists(parent):
+                _exit_now(0)
+
+    threading.Thread(target=watch, name="duplus-orphan-watch", daemon=True).start()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m DuPLUSLib.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--once", action="store_true", help="serve one request and exit")
@@ -280,6 +296,7 @@ def _import_engine_in_background() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     emit = _EventWriter(_claim_stdout())
+    _exit_when_orphaned()
     signals = _StopSignals()
     signals.install()
     worker = Worker(emit, cancel=signals.cancelled)

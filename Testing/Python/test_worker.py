@@ -194,6 +194,30 @@ def test_sigterm_stops_an_idle_worker_promptly():
             process.kill()
 
 
+def test_worker_ends_itself_when_the_program_that_started_it_is_killed(tmp_path):
+    """Its stdin is a FIFO the worker itself holds open, so no end-of-file will come: only the
+    orphan watch can stop it once its parent is SIGKILLed."""
+    fifo = tmp_path / "requests"
+    os.mkfifo(fifo)
+    parent = subprocess.Popen(
+        ["sh", "-c", f'exec 3<>"{fifo}"; "{sys.executable}" -m DuPLUSLib.worker --threads 1 <"{fifo}" & echo $!; wait'],
+        stdout=subprocess.PIPE, text=True, env=worker_environment(threads=1),
+    )
+    try:
+        worker_pid = int(parent.stdout.readline())
+        time.sleep(1.0)
+        assert not no_process_left(worker_pid)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + TIMEOUT_S  # generous: on a loaded machine the start-up alone is slow
+        while not no_process_left(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert no_process_left(worker_pid), "the orphaned worker kept running"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_a_cancelled_request_is_reported_and_ends_the_worker_loop(input_path, model_dir, tmp_path):
     """What SIGTERM during a run does: the engine's cancel poll fires, nothing is written."""
     events: list[dict] = []
