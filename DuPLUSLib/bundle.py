@@ -231,6 +231,7 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torc
     except RuntimeError as error:  # tensors of other shapes than the configured network's
         first = str(error).split("\n\t")[1] if "\n\t" in str(error) else str(error)
         raise ModelBundleError(f"model '{folder}': weights do not fit the configured network: {first}") from None
+    missing = [k for k in missing if k not in ("prompt_centre", "prompt_scale")]  # older bundles: identity
     if missing or unexpected:
         raise ModelBundleError(
             f"model '{folder}': weights do not fit the configured network "

@@ -228,6 +228,19 @@ class DuPLUSNet(nn.Module):
             blocks += [ResidualBlock(ch[s], ch[s], conditioning(ch[s], enabled)) for _ in range(config.decoder_blocks - 1)]
             self.decoder.append(Stage(blocks))
         self.head = TargetPromptHead(config)
+        # Sentence embeddings of different structures share most of their direction (mean cosine
+        # about 0.55 for MiniLM); standardising each dimension over the prompt table makes the
+        # differences between prompts, which carry the meaning, large from the first step.
+        self.register_buffer("prompt_centre", torch.zeros(config.text_dim))
+        self.register_buffer("prompt_scale", torch.ones(config.text_dim))
+
+    def set_prompt_statistics(self, table: torch.Tensor) -> None:
+        """Standardise prompt embeddings by the statistics of ``table`` (all prompts a model knows)."""
+        self.prompt_centre.copy_(table.mean(0))
+        self.prompt_scale.copy_(1.0 / (table.std(0) + 1e-3))
+
+    def standardise_prompts(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return (embeddings.to(self.prompt_centre.device) - self.prompt_centre) * self.prompt_scale
 
     # ---------------------------------------------------------------------------------- backbone
     def modality_indices(self, modality: str | Sequence[str], batch: int) -> list[str]:
@@ -263,7 +276,7 @@ class DuPLUSNet(nn.Module):
             )
         if context.dim() == 1:
             context = context.unsqueeze(0)
-        context = context.expand(image.shape[0], -1).to(image.device)
+        context = self.standardise_prompts(context.expand(image.shape[0], -1))
         x = self.stem(image, modality)
         skips = []
         for s, stage in enumerate(self.encoder):
@@ -285,7 +298,7 @@ class DuPLUSNet(nn.Module):
         targets: torch.Tensor,
     ) -> torch.Tensor:
         """Logits ``[B, N, k, j, i]``, one channel per target prompt (apply a sigmoid for probabilities)."""
-        return self.head(self.forward_features(image, modality, context), targets)
+        return self.head(self.forward_features(image, modality, context), self.standardise_prompts(targets))
 
     def count_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

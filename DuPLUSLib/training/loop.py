@@ -99,6 +99,7 @@ def train(
     network = DuPLUSNet(network_config).to(torch_device)
     if config.initial_model and not resume:
         _warm_start(network, config.initial_model)
+    network.set_prompt_statistics(codes.get(codes.texts).to(torch_device))
 
     specs = case_specs(config.datasets, config.seed, ontology)
     if dist.main:
@@ -202,7 +203,9 @@ def _warm_start(network: DuPLUSNet, model_dir: str) -> None:
     source = load_bundle(model_dir)
     if source.network.config.to_dict() != network.config.to_dict():
         raise RunFolderError(f"initial_model '{model_dir}' has another network configuration than this run")
-    network.load_state_dict(source.network.state_dict())
+    missing, unexpected = network.load_state_dict(source.network.state_dict(), strict=False)
+    if unexpected or set(missing) - {"prompt_centre", "prompt_scale"}:  # older bundles lack the two buffers
+        raise RunFolderError(f"initial_model '{model_dir}' does not fit this network: {(missing or unexpected)[:3]}")
 
 
 # -------------------------------------------------------------------------------- one step

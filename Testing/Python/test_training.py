@@ -189,3 +189,25 @@ def test_the_experiment_configs_are_valid_training_configs():
     TrainingConfig.from_dict(yaml.safe_load((EXPERIMENTS / "new_centre.yaml").read_text())["base_training"])
     assert load_config(EXPERIMENTS / "decathlon_finetune.yaml").datasets[0].kind == "decathlon"
     assert load_mapping(EXPERIMENTS / "task03_liver_mapping.json").structures["liver"] == (1, 2)
+
+
+# ----------------------------------------------------------------------------------- warm start
+def test_initial_model_starts_a_run_from_that_models_weights(trained, toy, tmp_path):
+    from DuPLUSLib.bundle import load_bundle
+
+    outcome, _, _ = trained
+    config = tiny_config(toy, name="warm", steps=1, learning_rate=1e-12, ema_decay=0.0)
+    config.initial_model = str(outcome.model_dir)
+    warm = train(config, tmp_path / "warm", device="cpu", progress=False)
+    source = load_bundle(outcome.model_dir).network.state_dict()
+    continued = load_bundle(warm.model_dir).network.state_dict()
+    assert all(torch.allclose(source[k].float(), continued[k].float(), atol=1e-3) for k in source)
+
+
+def test_initial_model_of_another_architecture_is_refused(trained, toy, tmp_path):
+    outcome, _, _ = trained
+    config = tiny_config(toy, name="other")
+    config.network = {**TINY_NETWORK, "channels": [8, 8]}
+    config.initial_model = str(outcome.model_dir)
+    with pytest.raises(RunFolderError, match="another network configuration"):
+        train(config, tmp_path / "other", device="cpu", progress=False)
