@@ -166,7 +166,7 @@ class ModelBundle:
         }
         (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         if card is not None:
-            (folder / "MODEL_CARD.md").write_text(card)
+            (folder / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         self.path = folder
         return folder
 
@@ -209,7 +209,7 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torc
     if not config_path.is_file():
         raise ModelBundleError(f"model folder '{folder}' has no config.json; is it a DuPLUS model?")
     try:
-        config = BundleConfig.from_dict(json.loads(config_path.read_text()))
+        config = BundleConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ModelBundleError(f"model '{folder}': config.json is invalid: {error}") from None
     weights_path = _verified_file(folder, config, "weights")

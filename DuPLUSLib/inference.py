@@ -331,7 +331,7 @@ def segment_file(
         summary["preview"] = str(render_preview(image, result.segments, preview).resolve())
     if report is not None:
         with atomic_output(report, overwrite=True) as temporary:
-            temporary.write_text(json.dumps(summary, indent=2) + "\n")
+            temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         summary["report"] = str(Path(report).resolve())
     progress("writing", 1.0, "done")
     return summary

@@ -344,9 +344,9 @@ def main() -> int:
             continue
         print(f"item {key} ...", flush=True)
         results["items"][key] = steps[key]()
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    Path(args.output).write_text(json.dumps(results, indent=2), encoding="utf-8")
     text = markdown(results)
-    Path(args.markdown).write_text(text + "\n")
+    Path(args.markdown).write_text(text + "\n", encoding="utf-8")
     print(text)
     return 0
 

@@ -143,7 +143,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    document = yaml.safe_load(Path(args.config).read_text())
+    document = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     values = training_values(document, args)
     evaluation = held_out(values, document.get("evaluation", {}), args)
     output = Path(args.output)
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     result = {"experiment": "ablation", "config": args.config, "training": values,
               "evaluation": evaluation.describe(), "arms": rows}
-    (output / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(rows)
-    (output / "ablation.md").write_text(table + "\n")
+    (output / "ablation.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
 

@@ -89,7 +89,7 @@ def phantoms(label: str, contexts: list[str], seeds: str, spacing: float | None,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    document = yaml.safe_load(Path(args.config).read_text())
+    document = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     adaptation = document["adaptation"]
@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "gain_recovered": None if recovered is None else round(recovered, 3),
         "goal": "LoRA recovers >= 90% of full fine-tuning's gain with <= 5% of the parameters trainable",
     }
-    (output / "new_centre.json").write_text(json.dumps(result, indent=2) + "\n")
+    (output / "new_centre.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(rows, base_original, result["gain_recovered"])
-    (output / "new_centre.md").write_text(table + "\n")
+    (output / "new_centre.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
 

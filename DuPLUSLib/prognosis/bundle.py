@@ -142,7 +142,7 @@ class PrognosisBundle:
                 "training": self.training,
                 "files": {"weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}},
             }
-            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
             if folder.exists():
                 for child in folder.iterdir():
                     child.unlink()
@@ -195,7 +195,7 @@ def load_prognosis_bundle(folder: str | os.PathLike[str] | None = None) -> Progn
     if not config_path.is_file():
         raise ModelBundleError(f"'{folder}' is not a prognosis model: it has no {CONFIG_FILE}")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ModelBundleError(f"'{config_path}' is not valid JSON: {error}") from None
     if config.get("format") != PROGNOSIS_FORMAT:

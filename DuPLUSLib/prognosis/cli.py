@@ -158,7 +158,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
                    "events": int(cohort.event.sum()), "config": config.to_dict(),
                    "seconds": round(time.perf_counter() - start, 1), "command": " ".join(sys.argv)}
         with atomic_output(args.json) as temporary:
-            temporary.write_text(json.dumps(payload, indent=1) + "\n")
+            temporary.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 

@@ -48,7 +48,7 @@ class ColumnMap:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "ColumnMap":
         try:
-            values = json.loads(Path(path).read_text())
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
             raise CohortError(f"column map '{path}' is unreadable: {error}") from None
         if not isinstance(values, dict) or set(values) - {"columns", "constants"}:

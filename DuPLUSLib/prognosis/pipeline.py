@@ -105,7 +105,7 @@ def read_patient_ehr(path: str | os.PathLike[str]):
     """An EHR JSON file -> validated record (age required: the risk model needs it)."""
     path = Path(path)
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise EHRValidationError(f"EHR file '{path}' does not exist") from None
     except json.JSONDecodeError as error:

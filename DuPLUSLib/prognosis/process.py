@@ -65,7 +65,7 @@ class PredictionRun:
         """Write the EHR beside the inputs and launch the process."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "ehr.json").write_text(json.dumps(ehr))
+        (folder / "ehr.json").write_text(json.dumps(ehr), encoding="utf-8")
         run = cls(folder, predict_command(folder, model, image, segmentation, python),
                   worker_environment(env, threads))
         run.started = time.monotonic()

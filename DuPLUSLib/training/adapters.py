@@ -222,7 +222,7 @@ def read_adapter_info(folder: str | os.PathLike[str]) -> AdapterInfo:
     if not path.is_file():
         raise ModelBundleError(f"'{folder}' has no {ADAPTER_CONFIG}; is it an adapter from duplus finetune?")
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ModelBundleError(f"'{path}' is not valid JSON: {error}") from None
     if values.get("format") != ADAPTER_FORMAT:

@@ -164,7 +164,7 @@ def load_config(path: str | Path) -> TrainingConfig:
     if not path.is_file():
         raise ConfigError(f"config '{path}' does not exist")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"config '{path}' is not valid YAML: {error}") from None
     return TrainingConfig.from_dict(values or {})

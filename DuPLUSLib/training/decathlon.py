@@ -103,7 +103,7 @@ def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None)
     if not path.is_file():
         raise DatasetError(f"mapping file '{path}' does not exist")
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"mapping file '{path}' is not valid JSON: {error}") from None
     if not isinstance(document, dict):
@@ -191,7 +191,7 @@ def read_dataset_json(folder: str | os.PathLike[str]) -> list[DecathlonEntry]:
     if not manifest.is_file():
         raise DatasetError(f"'{folder}' has no dataset.json; is it a Medical Segmentation Decathlon folder?")
     try:
-        document = json.loads(manifest.read_text())
+        document = json.loads(manifest.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DatasetError(f"'{manifest}' is not valid JSON: {error}") from None
     training = document.get("training") if isinstance(document, dict) else None
@@ -358,8 +358,8 @@ def write_decathlon_dataset(
         write_image(image.with_array(labels.astype(np.uint8)), folder / "labelsTr" / f"{name}.nii.gz")
         training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
     manifest = {"name": folder.name, "tensorImageSize": "3D", "numTraining": len(training), "training": training}
-    (folder / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (folder / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
+    (folder / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (folder / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n", encoding="utf-8")
     return folder
 
 

@@ -421,7 +421,7 @@ def write_report(report: dict, json_path: str | os.PathLike[str], markdown_path:
                  title: str = "Evaluation") -> None:
     """Write a report as JSON (and markdown), atomically; what the command and the experiments use."""
     with atomic_output(json_path) as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
+        temporary.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if markdown_path:
         with atomic_output(markdown_path) as temporary:
-            temporary.write_text(markdown_report(report, title))
+            temporary.write_text(markdown_report(report, title), encoding="utf-8")

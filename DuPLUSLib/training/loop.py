@@ -191,7 +191,7 @@ def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], o
     network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
     tensors = load_file(str(state_file))
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    step = json.loads((run_dir / "checkpoint" / "state.json").read_text())["step"]
+    step = json.loads((run_dir / "checkpoint" / "state.json").read_text(encoding="utf-8"))["step"]
     settings = InferenceSettings.from_dict(config.inference)
     return _save_model(Path(output), config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
 
@@ -244,7 +244,7 @@ def _claim_run_folder(
 ) -> None:
     record = run_dir / "run.json"
     if record.exists():
-        previous = json.loads(record.read_text())
+        previous = json.loads(record.read_text(encoding="utf-8"))
         if previous.get("fingerprint") != config.fingerprint():
             raise RunFolderError(
                 f"'{run_dir}' holds a different run ({previous.get('name')}, fingerprint "
@@ -287,7 +287,7 @@ def _load_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSample
     if not (folder / "state.safetensors").is_file():
         raise RunFolderError(f"no checkpoint in '{folder.parent}' to resume from")
     tensors = load_file(str(folder / "state.safetensors"))
-    state = json.loads((folder / "state.json").read_text())
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     network.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for key in ema:
         ema[key].copy_(tensors[f"ema.{key}"])

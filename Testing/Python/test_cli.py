@@ -32,6 +32,9 @@ from DuPLUSLib.cli import main
 from DuPLUSLib.imageio import read_segmentation, write_image
 from DuPLUSLib.ontology import load_ontology
 
+# The command as this interpreter runs it: works whether or not the virtual environment is activated.
+DUPLUS = [sys.executable, "-m", "DuPLUSLib.cli"]
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 ONTOLOGY = load_ontology()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +75,7 @@ def out(tmp_path) -> Path:
 
 def run_duplus(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["duplus", *args], capture_output=True, text=True, timeout=timeout, env=environment)
+    return subprocess.run([*DUPLUS, *args], capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def segment_args(ct_file: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -324,7 +327,7 @@ def test_sigterm_during_inference_stops_promptly_with_code_130_and_writes_nothin
     out = tmp_path / "out"
     out.mkdir()
     process = subprocess.Popen(
-        ["duplus", "segment", str(source), "-p", "CT/abdomen/liver", "-o", str(out / "ct.seg.nrrd"),
+        [*DUPLUS, "segment", str(source), "-p", "CT/abdomen/liver", "-o", str(out / "ct.seg.nrrd"),
          "--report", str(out / "ct.json"), "--preview", str(out / "ct.png"),
          "--model", str(model), "--device", "cpu", "--progress", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
