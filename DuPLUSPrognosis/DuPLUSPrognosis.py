@@ -26,7 +26,6 @@ import json
 import logging
 import shutil
 import tempfile
-import unittest
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,54 +34,19 @@ import slicer
 
 from DuPLUSLib.errors import CancelledError, DuPLUSError, InputImageError
 
-try:  # the Slicer application: Qt, CTK and the scripted-module base classes
-    import qt
-    import vtk
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    from slicer.util import VTKObservationMixin
+from DuPLUSLib.scripted_module import (  # stand-ins where only slicer-core is present
+    IN_SLICER_APPLICATION,
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    parameterNodeWrapper,
+    qt,
+    vtk,
+)
+from DuPLUSLib.scripted_module import tr as _
 
-    IN_SLICER_APPLICATION = getattr(slicer, "app", None) is not None
-except ImportError:  # slicer-core only: the Logic still works, the GUI classes are never used
-    import vtk
-
-    IN_SLICER_APPLICATION = False
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    ScriptedLoadableModuleTest = unittest.TestCase  # type: ignore[misc,assignment]
-
-    class VTKObservationMixin:  # type: ignore[no-redef]
-        def __init__(self):
-            pass
-
-try:
-    from slicer.i18n import tr as _
-except ImportError:
-
-    def _(text: str) -> str:
-        return text
-
-try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-except ImportError:
-
-    def parameterNodeWrapper(cls):  # type: ignore[no-redef]
-        return cls
 
 try:
     from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode

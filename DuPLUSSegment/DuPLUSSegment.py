@@ -26,7 +26,6 @@ import logging
 import shutil
 import tempfile
 import time
-import unittest
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,58 +37,20 @@ from DuPLUSLib.imageio import write_image
 from DuPLUSLib.ontology import load_ontology
 from DuPLUSLib.segment_process import RunCallbacks, RunnerState, SegmentationRunner, WorkerError
 
-try:  # the Slicer application: Qt, CTK and the scripted-module base classes
-    import ctk  # noqa: F401
-    import qt
-    import vtk
-    from slicer.ScriptedLoadableModule import (
-        ScriptedLoadableModule,
-        ScriptedLoadableModuleLogic,
-        ScriptedLoadableModuleTest,
-        ScriptedLoadableModuleWidget,
-    )
-    from slicer.util import VTKObservationMixin
+from DuPLUSLib.scripted_module import (  # stand-ins where only slicer-core is present
+    IN_SLICER_APPLICATION,
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    parameterNodeWrapper,
+    qt,
+    vtk,
+)
+from DuPLUSLib.scripted_module import tr as _
+from DuPLUSLib.scripted_module import translate
 
-    IN_SLICER_APPLICATION = getattr(slicer, "app", None) is not None
-except ImportError:  # slicer-core only: the Logic still works, the GUI classes are never used
-    IN_SLICER_APPLICATION = False
-
-    class ScriptedLoadableModule:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleWidget:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:  # type: ignore[no-redef]
-        def __init__(self, parent=None):
-            self.parent = parent
-
-    ScriptedLoadableModuleTest = unittest.TestCase  # type: ignore[misc,assignment]
-
-    class VTKObservationMixin:  # type: ignore[no-redef]
-        def __init__(self):
-            pass
-
-try:
-    from slicer.i18n import tr as _
-    from slicer.i18n import translate
-except ImportError:  # outside the application: strings stay as written
-
-    def _(text: str) -> str:
-        return text
-
-    def translate(context: str, text: str) -> str:  # noqa: ARG001
-        return text
-
-
-try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-except ImportError:
-
-    def parameterNodeWrapper(cls):  # type: ignore[no-redef]
-        return cls
 
 
 MODULE_NAME = "DuPLUSSegment"
