@@ -164,7 +164,7 @@ class ModelBundle:
             "weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(folder / WEIGHTS_FILE)},
             "prompt_embeddings": {"path": EMBEDDINGS_FILE, "sha256": sha256_of(folder / EMBEDDINGS_FILE)},
         }
-        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        (folder / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         if card is not None:
             (folder / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         self.path = folder

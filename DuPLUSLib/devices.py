@@ -38,7 +38,7 @@ def select_device(name: str = "auto") -> torch.device:
 @lru_cache(maxsize=1)
 def _cpu_has_fast_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags

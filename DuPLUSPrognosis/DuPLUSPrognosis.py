@@ -361,7 +361,7 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
             return False
         if state is PredictionState.DONE:
             try:
-                self.lastReport = json.loads(Path(self._run.result["report"]).read_text())
+                self.lastReport = json.loads(Path(self._run.result["report"]).read_text(encoding="utf-8"))
             except (OSError, ValueError, KeyError, TypeError) as error:
                 self.lastError = InputImageError(f"the prediction's report could not be read: {error}")
         else:

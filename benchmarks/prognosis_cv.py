@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {**result.to_dict(), "cohort": args.cohort, "config": config.to_dict(), "seconds": round(seconds, 1),
                    "command": "python benchmarks/prognosis_cv.py " + " ".join(sys.argv[1:])}
-        with open(args.json, "w") as handle:
+        with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=1)
         print(f"wrote {args.json}")
     return 0

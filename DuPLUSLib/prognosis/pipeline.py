@@ -148,7 +148,7 @@ def write_readout(readout: PatientReadout, bundle: PrognosisBundle, report: str 
             plot_readout(readout, bundle.reference, temporary)
     if report:
         with atomic_output(report, overwrite) as temporary:
-            temporary.write_text(json.dumps(report_payload(readout, bundle), indent=1) + "\n")
+            temporary.write_text(json.dumps(report_payload(readout, bundle), indent=1) + "\n", encoding="utf-8")
 
 
 def report_payload(readout: PatientReadout, bundle: PrognosisBundle) -> dict:

@@ -212,7 +212,7 @@ def save_adapter(
     save_file(tensors, str(partial), metadata=metadata)
     os.replace(partial, folder / ADAPTER_WEIGHTS)
     info.files = {"weights": {"path": ADAPTER_WEIGHTS, "sha256": sha256_of(folder / ADAPTER_WEIGHTS)}}
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
     return folder
 
 

@@ -257,7 +257,7 @@ def _claim_run_folder(
     if dist.main and write:
         run_dir.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"name": config.name, "fingerprint": config.fingerprint(),
-                                      "config": config.to_dict()}, indent=2))
+                                      "config": config.to_dict()}, indent=2), encoding="utf-8")
     dist.barrier()
 
 
@@ -273,7 +273,7 @@ def _save_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSample
     partial = folder.with_name(folder.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(partial / "state.safetensors"))
-    (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state()}))
+    (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state()}), encoding="utf-8")
     if folder.exists():
         for child in folder.iterdir():
             child.unlink()
@@ -329,11 +329,11 @@ class _MetricsLog:
     def __init__(self, path: Path):
         self.path = path
         if not path.exists():
-            with path.open("w", newline="") as handle:
+            with path.open("w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerow(["step", "loss", "dice_loss", "bce", "learning_rate", "seconds"])
 
     def write(self, step: int, loss: float, parts: dict[str, float], lr: float, seconds: float) -> None:
-        with self.path.open("a", newline="") as handle:
+        with self.path.open("a", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerow(
                 [step, f"{loss:.5f}", f"{parts['dice']:.5f}", f"{parts['bce']:.5f}", f"{lr:.6g}", f"{seconds:.1f}"]
             )

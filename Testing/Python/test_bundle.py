@@ -27,9 +27,9 @@ def saved(tmp_path) -> tuple[Path, torch.nn.Module]:
 
 
 def edit_config(folder: Path, **changes) -> None:
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config.update(changes)
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
 
 
 @torch.no_grad()
@@ -83,10 +83,10 @@ def test_cached_prompt_embeddings_round_trip(saved):
 
 def test_config_records_each_files_sha256_and_the_card_is_written(saved):
     folder, _ = saved
-    files = json.loads((folder / "config.json").read_text())["files"]
+    files = json.loads((folder / "config.json").read_text(encoding="utf-8"))["files"]
     assert files["weights"]["sha256"] == sha256_of(folder / "model.safetensors")
     assert files["prompt_embeddings"]["sha256"] == sha256_of(folder / "prompt_embeddings.safetensors")
-    assert (folder / "MODEL_CARD.md").read_text().startswith("# A test model")
+    assert (folder / "MODEL_CARD.md").read_text(encoding="utf-8").startswith("# A test model")
 
 
 # ------------------------------------------------------------------------ refused folders
@@ -116,7 +116,7 @@ def test_a_file_path_outside_the_model_folder_is_refused_even_when_its_hash_matc
     outside.write_bytes((folder / "model.safetensors").read_bytes())
     edit_config(folder, files={
         "weights": {"path": "../x", "sha256": sha256_of(outside)},
-        "prompt_embeddings": json.loads((folder / "config.json").read_text())["files"]["prompt_embeddings"],
+        "prompt_embeddings": json.loads((folder / "config.json").read_text(encoding="utf-8"))["files"]["prompt_embeddings"],
     })
     with pytest.raises(ModelBundleError, match="outside the model folder"):
         load_bundle(folder)
@@ -124,9 +124,9 @@ def test_a_file_path_outside_the_model_folder_is_refused_even_when_its_hash_matc
 
 def test_an_absolute_file_path_is_refused(saved):
     folder, _ = saved
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["files"]["weights"]["path"] = str((folder / "model.safetensors").resolve().parent.parent / "x")
-    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     with pytest.raises(ModelBundleError, match="outside the model folder"):
         load_bundle(folder)
 
@@ -145,7 +145,7 @@ def test_folder_without_config_is_refused(saved):
 
 def test_config_that_is_not_json_is_refused(saved):
     folder, _ = saved
-    (folder / "config.json").write_text("{ this is not json")
+    (folder / "config.json").write_text("{ this is not json", encoding="utf-8")
     with pytest.raises(ModelBundleError, match="invalid"):
         load_bundle(folder)
 
@@ -202,7 +202,7 @@ def test_model_of_another_ontology_major_version_is_refused(saved):
 )
 def test_config_that_is_not_an_object_is_refused(saved, config_text):
     folder, _ = saved
-    (folder / "config.json").write_text(config_text)
+    (folder / "config.json").write_text(config_text, encoding="utf-8")
     with pytest.raises(ModelBundleError):
         load_bundle(folder)
 

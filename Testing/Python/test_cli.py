@@ -140,7 +140,7 @@ def test_segment_writes_segmentation_report_and_preview_with_json_progress(ct_fi
     assert files_in(out) == ["ct.json", "ct.png", "ct.seg.nrrd"]
     segmentation = slicerio.read_segmentation(str(out / "ct.seg.nrrd"))
     assert [s["name"] for s in segmentation["segments"]] == ["liver", "liver tumour"]
-    report = json.loads((out / "ct.json").read_text())
+    report = json.loads((out / "ct.json").read_text(encoding="utf-8"))
     assert [s["prompt"] for s in report["segments"]] == ["CT/abdomen/liver", "CT/abdomen/liver_tumour"]
     assert report["input"]["path"] == str(ct_file.resolve())
     assert (out / "ct.png").read_bytes()[:8] == PNG_MAGIC
@@ -178,7 +178,7 @@ def test_segment_star_prompt_with_modality_and_probabilities(ct_file, out, model
     args = segment_args(ct_file, out, model, "--probabilities", str(out / "maps"), "--report", str(out / "r.json"))
     args[args.index("CT/abdomen/liver")] = "pelvis/*"
     assert main([*args, "--modality", "CT"]) == 0
-    report = json.loads((out / "r.json").read_text())
+    report = json.loads((out / "r.json").read_text(encoding="utf-8"))
     keys = [f"CT/pelvis/{s}" for s in ONTOLOGY.structures_of("CT", "pelvis")]
     assert [s["prompt"] for s in report["segments"]] == keys
     assert sorted(report["probabilities"]) == sorted(keys)
@@ -186,7 +186,7 @@ def test_segment_star_prompt_with_modality_and_probabilities(ct_file, out, model
 
 
 def test_existing_output_is_replaced_with_overwrite(ct_file, out, model):
-    (out / "result.seg.nrrd").write_text("old")
+    (out / "result.seg.nrrd").write_text("old", encoding="utf-8")
     assert main([*segment_args(ct_file, out, model), "--overwrite"]) == 0
     assert slicerio.read_segmentation(str(out / "result.seg.nrrd"))["segments"][0]["name"] == "liver"
 
@@ -277,13 +277,13 @@ def test_output_folder_that_refuses_new_files_is_refused_cleanly(ct_file, model,
 
 
 def test_existing_output_without_overwrite_is_refused_and_kept(ct_file, out, model, capsys):
-    (out / "result.seg.nrrd").write_text("previous result")
+    (out / "result.seg.nrrd").write_text("previous result", encoding="utf-8")
     assert_refused(segment_args(ct_file, out, model), out, capsys, "already exists; pass --overwrite")
-    assert (out / "result.seg.nrrd").read_text() == "previous result"
+    assert (out / "result.seg.nrrd").read_text(encoding="utf-8") == "previous result"
 
 
 def test_existing_report_without_overwrite_is_refused_before_anything_is_written(ct_file, out, model, capsys):
-    (out / "r.json").write_text("{}")
+    (out / "r.json").write_text("{}", encoding="utf-8")
     args = segment_args(ct_file, out, model, "--report", str(out / "r.json"))
     assert_refused(args, out, capsys, "r.json' already exists")
 
@@ -296,7 +296,7 @@ def test_output_path_that_is_a_folder_is_refused_even_with_overwrite(ct_file, ou
 
 
 def test_probabilities_path_that_is_a_file_is_refused_before_anything_is_written(ct_file, out, model, capsys):
-    (out / "maps").write_text("a file, not a folder")
+    (out / "maps").write_text("a file, not a folder", encoding="utf-8")
     assert_refused(segment_args(ct_file, out, model, "--probabilities", str(out / "maps")), out, capsys, "maps")
 
 

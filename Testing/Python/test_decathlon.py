@@ -30,7 +30,7 @@ def toy(tmp_path: Path) -> Path:
 
 def write_mapping(folder: Path, document: dict, name: str = "mapping.json") -> Path:
     path = folder / name
-    path.write_text(json.dumps(document))
+    path.write_text(json.dumps(document), encoding="utf-8")
     return path
 
 

@@ -37,14 +37,14 @@ RANK_SCRIPT = textwrap.dedent(
     from DuPLUSLib.training.config import TrainingConfig
     from DuPLUSLib.training.loop import train
 
-    config = TrainingConfig.from_dict(json.loads(open(sys.argv[1]).read()))
+    config = TrainingConfig.from_dict(json.loads(open(sys.argv[1], encoding="utf-8").read()))
     losses = []
     train(config, sys.argv[2], device="cpu", progress=False, on_step=lambda s, l: losses.append(l))
     digest = hashlib.sha256()
     for p in captured:
         digest.update(p.detach().cpu().numpy().tobytes())
     rank = os.environ["RANK"]
-    with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as handle:
+    with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump({"checksum": digest.hexdigest(), "steps": len(losses), "losses": losses,
                    "world": os.environ["WORLD_SIZE"]}, handle)
     """
@@ -72,8 +72,8 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path):
         "training": {"steps": 4, "batch_size": 1, "learning_rate": 0.01, "warmup_steps": 1, "checkpoint_every": 2,
                      "log_every": 1, "threads": 1, "data_workers": 1, "precision": "fp32", "augment": False},
     }
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "rank.py").write_text(RANK_SCRIPT)
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (tmp_path / "rank.py").write_text(RANK_SCRIPT, encoding="utf-8")
     out = tmp_path / "out"
     out.mkdir()
     environment = dict(os.environ, OMP_NUM_THREADS="1")
@@ -84,7 +84,7 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path):
         capture_output=True, text=True, timeout=240, env=environment, cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert all(r["world"] == "2" and r["steps"] == 4 for r in ranks)
     assert ranks[0]["checksum"] == ranks[1]["checksum"]
     assert ranks[0]["losses"] != ranks[1]["losses"]  # each rank drew its own patches

@@ -185,10 +185,10 @@ def test_duplus_evaluate_writes_json_and_markdown(tmp_path):
     code = main(["evaluate", "--model", str(model), "--data", str(data), "-o", str(tmp_path / "report.json"),
                  "--markdown", str(tmp_path / "report.md"), "--device", "cpu"])
     assert code == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert {r["structure"] for r in report["by_structure"]} == {"liver", "liver_tumour"}
     assert report["overall"]["cases"] == 2 and report["model"]["name"] == "tiny"
-    assert "| toy | CT | liver |" in (tmp_path / "report.md").read_text()
+    assert "| toy | CT | liver |" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_duplus_evaluate_reports_a_bad_dataset_as_a_clear_error(tmp_path, capsys):

@@ -119,7 +119,7 @@ def test_the_adapter_loads_on_top_of_the_base_and_changes_its_output(setup):
 
 def test_the_adapter_folder_is_small_and_records_its_base(setup):
     _, base_dir, _, _, result, adapter = setup
-    info = json.loads((adapter / "adapter.json").read_text())
+    info = json.loads((adapter / "adapter.json").read_text(encoding="utf-8"))
     assert info["base_sha256"] == load_bundle(base_dir).config.files["weights"]["sha256"]
     assert info["rank"] == 2 and info["trainable_fraction"] == pytest.approx(result.trainable["trainable_fraction"])
     assert info["trainable_fraction"] < 0.05
@@ -218,7 +218,7 @@ def test_duplus_finetune_then_evaluate_with_the_adapter(setup, tmp_path):
     report = tmp_path / "report.json"
     assert main(["evaluate", "--model", str(base_dir), "--adapter", str(adapter), "--data", str(data),
                  "-o", str(report), "--device", "cpu"]) == 0
-    assert json.loads(report.read_text())["model"]["adapter"]["name"] == "centre_b"
+    assert json.loads(report.read_text(encoding="utf-8"))["model"]["adapter"]["name"] == "centre_b"
     # a second run into the same folder is refused, not silently overwritten
     assert main(["finetune", "--model", str(base_dir), "--data", str(data), "--steps", "1", "-o", str(adapter)]) == 2
 

@@ -88,7 +88,7 @@ def test_folder_with_two_dicom_series_is_refused_naming_both(tmp_path):
 
 
 def test_folder_without_dicom_is_refused(tmp_path):
-    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "notes.txt").write_text("not an image", encoding="utf-8")
     with pytest.raises(InputImageError, match="no DICOM series"):
         read_image(tmp_path)
 
@@ -255,7 +255,7 @@ def test_atomic_output_renames_into_place_with_ordinary_permissions(tmp_path):
     target = tmp_path / "out.json"
     with atomic_output(target) as temporary:
         assert temporary != target and temporary.parent == tmp_path
-        temporary.write_text("{}")
+        temporary.write_text("{}", encoding="utf-8")
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     umask = os.umask(0)
     os.umask(umask)
@@ -265,16 +265,16 @@ def test_atomic_output_renames_into_place_with_ordinary_permissions(tmp_path):
 def test_existing_output_without_overwrite_is_refused_and_kept(tmp_path):
     image, _ = sphere_volume()
     target = tmp_path / "volume.nrrd"
-    target.write_text("keep me")
+    target.write_text("keep me", encoding="utf-8")
     with pytest.raises(OutputPathError, match="already exists"):
         write_image(image, target, overwrite=False)
-    assert target.read_text() == "keep me"
+    assert target.read_text(encoding="utf-8") == "keep me"
 
 
 def test_existing_output_with_overwrite_is_replaced(tmp_path):
     image, _ = sphere_volume()
     target = tmp_path / "volume.nrrd"
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     write_image(image, target, overwrite=True)
     assert_same_volume(read_image(target), image)
 

@@ -251,21 +251,21 @@ def test_a_typo_in_a_prompt_fails_before_the_image_is_read(random_model, tmp_pat
 
 
 def test_existing_output_fails_before_the_work_starts(random_model, tmp_path):
-    (tmp_path / "out.seg.nrrd").write_text("previous result")
+    (tmp_path / "out.seg.nrrd").write_text("previous result", encoding="utf-8")
     with pytest.raises(OutputPathError, match="already exists"):
         segment_file(tmp_path / "not-read.nrrd", ["CT/abdomen/liver"], tmp_path / "out.seg.nrrd", model=random_model)
-    assert (tmp_path / "out.seg.nrrd").read_text() == "previous result"
+    assert (tmp_path / "out.seg.nrrd").read_text(encoding="utf-8") == "previous result"
 
 
 def test_existing_probability_map_is_not_replaced_without_overwrite(random_model, tmp_path):
     image, _ = off_centre_sphere()
     write_image(image, tmp_path / "ct.nrrd")
     (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "CT_abdomen_liver.nrrd").write_text("an earlier result")
+    (tmp_path / "maps" / "CT_abdomen_liver.nrrd").write_text("an earlier result", encoding="utf-8")
     with pytest.raises(OutputPathError):
         segment_file(tmp_path / "ct.nrrd", ["CT/abdomen/liver"], tmp_path / "out.seg.nrrd", model=random_model,
                      device="cpu", probabilities_dir=tmp_path / "maps")
-    assert (tmp_path / "maps" / "CT_abdomen_liver.nrrd").read_text() == "an earlier result"
+    assert (tmp_path / "maps" / "CT_abdomen_liver.nrrd").read_text(encoding="utf-8") == "an earlier result"
 
 
 # ------------------------------------------------------------------------ report and progress

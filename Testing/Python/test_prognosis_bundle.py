@@ -56,9 +56,9 @@ def test_a_weights_path_outside_the_folder_is_refused(trained, tmp_path):
     _, folder, _ = trained
     copy = tmp_path / "escape"
     copy.mkdir()
-    config = json.loads((folder / "prognosis.json").read_text())
+    config = json.loads((folder / "prognosis.json").read_text(encoding="utf-8"))
     config["files"]["weights"]["path"] = "../weights.safetensors"
-    (copy / "prognosis.json").write_text(json.dumps(config))
+    (copy / "prognosis.json").write_text(json.dumps(config), encoding="utf-8")
     (tmp_path / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes())
     with pytest.raises(ModelBundleError, match="outside the model folder"):
         load_prognosis_bundle(copy)

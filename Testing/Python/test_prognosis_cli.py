@@ -20,7 +20,7 @@ def larynx_csv(tmp_path):
 
 def _ehr(tmp_path, values):
     path = tmp_path / "patient.json"
-    path.write_text(json.dumps(values))
+    path.write_text(json.dumps(values), encoding="utf-8")
     return path
 
 
@@ -29,7 +29,7 @@ def test_predict_with_the_bundled_model_writes_report_and_plot(tmp_path, capsys)
     code = main(["prognosis", "predict", "--ehr", str(ehr), "--report", str(tmp_path / "out.json"),
                  "--plot", str(tmp_path / "km.png")])
     assert code == 0
-    report = json.loads((tmp_path / "out.json").read_text())["readout"]
+    report = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["readout"]
     assert report["risk_group"] in ("low", "intermediate", "high") and 0 <= report["percentile"] <= 100
     for horizon in ("2y", "5y"):
         s = report["survival"][horizon]

@@ -17,7 +17,7 @@ def larynx_csv(tmp_path):
 
 def _write(tmp_path, text, name="cohort.csv"):
     path = tmp_path / name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 

@@ -364,7 +364,7 @@ def test_ui_file_has_every_widget_the_module_wires_and_binds_only_parameters():
 
     ui = ElementTree.parse(REPOSITORY / "DuPLUSSegment/Resources/UI/DuPLUSSegment.ui")
     widgets = {w.get("name") for w in ui.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", (REPOSITORY / "DuPLUSSegment/DuPLUSSegment.py").read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPOSITORY / "DuPLUSSegment/DuPLUSSegment.py").read_text(encoding="utf-8")))
     assert used <= widgets, f"missing in the .ui: {sorted(used - widgets)}"
     bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
     fields = set(DuPLUSSegment.DuPLUSSegmentParameterNode.__annotations__)
@@ -374,22 +374,22 @@ def test_ui_file_has_every_widget_the_module_wires_and_binds_only_parameters():
 def test_module_cmake_lists_only_files_that_exist():
     import re
 
-    text = (REPOSITORY / "DuPLUSSegment/CMakeLists.txt").read_text().replace("${MODULE_NAME}", "DuPLUSSegment")
+    text = (REPOSITORY / "DuPLUSSegment/CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "DuPLUSSegment")
     assert "WITH_GENERIC_TESTS" in text
     for name in re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, flags=re.MULTILINE):
         assert (REPOSITORY / "DuPLUSSegment" / name).is_file(), name
-    tests = (REPOSITORY / "DuPLUSSegment/Testing/Python/CMakeLists.txt").read_text()
+    tests = (REPOSITORY / "DuPLUSSegment/Testing/Python/CMakeLists.txt").read_text(encoding="utf-8")
     assert "slicer_add_python_unittest" in tests
 
 
 def test_extension_declares_its_modules_and_the_pytorch_dependency():
-    cmake = (REPOSITORY / "CMakeLists.txt").read_text()
+    cmake = (REPOSITORY / "CMakeLists.txt").read_text(encoding="utf-8")
     for module in ("DuPLUSLib", "DuPLUSSegment", "DuPLUSPrognosis"):
         assert f"add_subdirectory({module})" in cmake
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in cmake
-    assert "WITH_SUBDIR" in (REPOSITORY / "DuPLUSLib/CMakeLists.txt").read_text()
+    assert "WITH_SUBDIR" in (REPOSITORY / "DuPLUSLib/CMakeLists.txt").read_text(encoding="utf-8")
     fields = dict(
-        line.split(" ", 1) for line in (REPOSITORY / "DuPLUS.s4ext").read_text().splitlines()
+        line.split(" ", 1) for line in (REPOSITORY / "DuPLUS.s4ext").read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.startswith("#")
     )
     for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
@@ -398,7 +398,7 @@ def test_extension_declares_its_modules_and_the_pytorch_dependency():
     assert fields["depends"].strip() == "PyTorch"
     import json
 
-    entry = json.loads((REPOSITORY / "DuPLUS.json").read_text())
+    entry = json.loads((REPOSITORY / "DuPLUS.json").read_text(encoding="utf-8"))
     assert entry["category"] == fields["category"].strip() and entry["scm_url"] == fields["scmurl"].strip()
     assert entry["build_dependencies"] == ["PyTorch"]
     assert (REPOSITORY / "Resources/Icons/DuPLUS.png").is_file()

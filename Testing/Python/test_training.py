@@ -52,7 +52,7 @@ def trained(toy, tmp_path_factory):
 
 
 def read_metrics(run: Path) -> list[int]:
-    with (run / "metrics.csv").open() as handle:
+    with (run / "metrics.csv").open(encoding="utf-8") as handle:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
@@ -80,7 +80,7 @@ def test_a_decathlon_folder_trains_into_a_model_that_evaluates(trained, toy):
 
 def test_the_run_folder_records_the_config_and_metrics(trained):
     _, _, run = trained
-    record = json.loads((run / "run.json").read_text())
+    record = json.loads((run / "run.json").read_text(encoding="utf-8"))
     assert record["name"] == "tiny" and record["config"]["datasets"][0]["kind"] == "decathlon"
     assert read_metrics(run) == list(range(1, 41))
 
@@ -97,7 +97,7 @@ def test_resume_continues_from_the_same_step(toy, tmp_path):
     assert seen == [5, 6, 7, 8]  # no restart from step 1
     assert outcome.steps == 8
     assert read_metrics(run) == list(range(1, 9))  # the log continues, each step once
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 8
+    assert json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))["step"] == 8
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(toy, tmp_path):
@@ -165,7 +165,7 @@ def test_a_yaml_config_with_a_typo_fails_on_load(tmp_path):
     from DuPLUSLib.training.config import load_config
 
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ndatasets: [{kind: phantom}]\ntraining: {step: 10}\n")
+    path.write_text("name: x\ndatasets: [{kind: phantom}]\ntraining: {step: 10}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="step"):
         load_config(path)
 
@@ -181,12 +181,12 @@ def test_the_experiment_configs_are_valid_training_configs():
     from DuPLUSLib.training.config import load_config
     from DuPLUSLib.training.decathlon import load_mapping
 
-    ablation = yaml.safe_load((EXPERIMENTS / "ablation.yaml").read_text())
+    ablation = yaml.safe_load((EXPERIMENTS / "ablation.yaml").read_text(encoding="utf-8"))
     for arm in ablation["arms"].values():
         values = ablation["training_config"] | {"prompts": {"code": arm["code"]}}
         values["network"] = values["network"] | {"conditioning": arm["conditioning"]}
         TrainingConfig.from_dict(values)
-    TrainingConfig.from_dict(yaml.safe_load((EXPERIMENTS / "new_centre.yaml").read_text())["base_training"])
+    TrainingConfig.from_dict(yaml.safe_load((EXPERIMENTS / "new_centre.yaml").read_text(encoding="utf-8"))["base_training"])
     assert load_config(EXPERIMENTS / "decathlon_finetune.yaml").datasets[0].kind == "decathlon"
     assert load_mapping(EXPERIMENTS / "task03_liver_mapping.json").structures["liver"] == (1, 2)
 

@@ -285,7 +285,7 @@ def test_cancel_mid_run_ends_the_whole_process_tree_and_writes_nothing(input_pat
     """The worker is started through a launcher script (as Slicer's PythonSlicer launcher does), so
     killing only the direct child would leave the real worker running."""
     launcher = tmp_path / "launcher.sh"
-    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\necho launcher-done\n')
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\necho launcher-done\n', encoding="utf-8")
     launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
     runner = SegmentationRunner(python=str(launcher), threads=1)
     try:
@@ -393,7 +393,7 @@ def test_worker_keeps_serving_after_a_refused_request(runner, input_path, model_
 
 def test_unreadable_input_is_an_input_error(runner, model_dir, tmp_path):
     bad = tmp_path / "broken.nrrd"
-    bad.write_text("not an image")
+    bad.write_text("not an image", encoding="utf-8")
     error = error_of(runner, request(bad, model_dir))
     assert type(error).__name__ == "InputImageError"
 
@@ -401,6 +401,6 @@ def test_unreadable_input_is_an_input_error(runner, model_dir, tmp_path):
 def test_segmentation_masks_are_not_empty_for_a_confident_model(runner, input_path, model_dir):
     kind, done = run_to_end(runner, request(input_path, model_dir)).outcome()
     assert kind == "done"
-    report = json.loads(Path(done["report"]).read_text())
+    report = json.loads(Path(done["report"]).read_text(encoding="utf-8"))
     assert [s["structure"] for s in report["segments"]] == ["liver", "spleen"]
     assert np.isfinite([s["volume_ml"] for s in report["segments"]]).all()
