@@ -20,19 +20,22 @@ def partial_label_loss(
 
     A prompt whose weight is zero (padding, or a structure its dataset does not annotate) adds
     nothing, so a dataset that labels only the liver never teaches the model that the spleen is
-    background. An annotated structure with an empty mask is a real negative and does count.
+    background. An annotated structure that is absent from the patch is a real negative: it is
+    taught by the BCE term alone. Its soft Dice is left out on purpose, because the Dice of an
+    empty target is 1 for an all-negative output and near 0 for a single false voxel: with most
+    prompts absent from a patch, that term rewards predicting nothing at all, and a run on the
+    phantoms sat in exactly that minimum for its first thousand steps.
     """
     logits = logits.float()
     dims = tuple(range(2, logits.dim()))
     probabilities = torch.sigmoid(logits)
+    target_volume = targets.sum(dims)
     intersection = (probabilities * targets).sum(dims)
-    dice = 1 - (2 * intersection + smooth) / (probabilities.sum(dims) + targets.sum(dims) + smooth)
+    dice = 1 - (2 * intersection + smooth) / (probabilities.sum(dims) + target_volume + smooth)
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(dims)
-    per_prompt = dice_weight * dice + bce_weight * bce
-    total_weight = weights.sum().clamp_min(1e-6)
-    loss = (per_prompt * weights).sum() / total_weight
-    parts = {
-        "dice": float((dice.detach() * weights).sum() / total_weight),
-        "bce": float((bce.detach() * weights).sum() / total_weight),
-    }
-    return loss, parts
+    present = weights * (target_volume > 0)
+    annotated_weight = weights.sum().clamp_min(1e-6)
+    dice_term = (dice * present).sum() / present.sum().clamp_min(1e-6)
+    bce_term = (bce * weights).sum() / annotated_weight
+    loss = dice_weight * dice_term + bce_weight * bce_term
+    return loss, {"dice": float(dice_term.detach()), "bce": float(bce_term.detach())}
