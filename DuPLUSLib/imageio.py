@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputImageError, OutputPathError
+from .errors import InputImageError, OutputPathError, UnknownPromptError
 from .ontology import Ontology, Structure
 
 __all__ = [
@@ -158,7 +158,7 @@ def _volume_from_sitk(image, source: Path | str) -> VolumeImage:
         raise InputImageError(
             f"'{source}' is a single slice ({'x'.join(map(str, image.GetSize()))}); a 3D volume is needed"
         )
-    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if len(image.GetMetaData(k)) < 256}
+    metadata = _readable_metadata(image)
     return VolumeImage(
         array=array,
         spacing=image.GetSpacing(),
@@ -166,6 +166,23 @@ def _volume_from_sitk(image, source: Path | str) -> VolumeImage:
         direction=np.array(image.GetDirection()).reshape(3, 3),
         metadata=metadata,
     )
+
+
+def _readable_metadata(image) -> dict[str, str]:
+    """Short header fields, for modality guessing and reports.
+
+    A damaged header can hold keys that are not valid UTF-8; SimpleITK hands them to Python as
+    surrogates and then refuses to look them up. Such fields are skipped: they carry nothing usable.
+    """
+    metadata = {}
+    for key in image.GetMetaDataKeys():
+        try:
+            value = image.GetMetaData(key)
+        except (TypeError, RuntimeError, UnicodeError):
+            continue
+        if len(value) < 256:
+            metadata[key] = value
+    return metadata
 
 
 def _first_line(error: Exception) -> str:
@@ -349,10 +366,24 @@ def read_segmentation(path: str | os.PathLike[str], ontology: Ontology) -> tuple
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as error:  # slicerio raises plain exceptions for malformed headers
         raise InputImageError(f"cannot read '{path}' as a segmentation: {error}") from None
+    try:
+        return _segmentation_masks(segmentation, ontology)
+    except UnknownPromptError as error:
+        raise InputImageError(f"'{path}' holds a segment the ontology does not know: {error}") from None
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError, FloatingPointError) as error:
+        # a header that parsed but does not describe a usable segmentation (fields missing or inconsistent)
+        raise InputImageError(f"'{path}' is not a usable segmentation: {type(error).__name__}: {error}") from None
+
+
+def _segmentation_masks(segmentation: dict, ontology: Ontology) -> tuple[VolumeImage, dict[str, np.ndarray]]:
     voxels = np.asarray(segmentation["voxels"])
+    if voxels.ndim not in (3, 4) or min(voxels.shape[-3:]) < 1:
+        raise ValueError(f"voxel array of shape {voxels.shape}")
     layered = voxels.ndim == 4
     ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
     spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+    if not np.all(np.isfinite(ijk_to_lps)) or np.any(spacing <= 0):
+        raise ValueError("its voxel-to-space matrix is degenerate")
     geometry = VolumeImage(
         array=np.zeros(voxels.shape[-3:][::-1], dtype=np.uint8),
         spacing=tuple(spacing),
@@ -362,7 +393,7 @@ def read_segmentation(path: str | os.PathLike[str], ontology: Ontology) -> tuple
     masks: dict[str, np.ndarray] = {}
     for segment in segmentation["segments"]:
         key = segment.get("tags", {}).get("DuPLUS.Structure")
-        if key is None:
+        if key is None or key not in ontology.structures:
             key = ontology.structure_key(segment["name"])
         layer = voxels[segment.get("layer", 0)] if layered else voxels
         masks[key] = np.transpose(layer == segment["labelValue"], (2, 1, 0))
