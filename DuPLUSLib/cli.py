@@ -48,6 +48,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     segment.add_argument("-p", "--prompt", action="append", required=True, dest="prompts",
                          help="MODALITY/REGION/STRUCTURE, e.g. CT/abdomen/liver; '*' for every "
                               "structure of a region; repeat for several")
+    segment.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when the DICOM folder holds several")
     segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
     segment.add_argument("--model", help="model folder (default: the bundled model)")
     segment.add_argument("--adapter", help="adapter folder from 'duplus finetune', applied on top of --model")
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(error, json_errors)
         return 2
     except MemoryError as error:
-        _report_error(MemoryError(f"out of memory: {error or 'the volume is too large'}; crop it or ask for fewer structures"), json_errors)
+        _report_error(MemoryError(f"out of memory: {str(error) or 'the volume is too large'}; crop it or ask for fewer structures"), json_errors)
         return 3
 
 
@@ -144,6 +145,7 @@ def _run_segment(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=progress,
             cancel=cancel,
+            series_uid=args.series,
         )
     finally:
         close()

@@ -13,6 +13,7 @@ Conventions used throughout the library (stated once, here):
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -91,11 +92,13 @@ class SegmentMask:
 
 
 # ------------------------------------------------------------------------------------ reading
-def read_image(path: str | os.PathLike[str]) -> VolumeImage:
+def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> VolumeImage:
     """Read NRRD, NIfTI, MHA/MHD or a DICOM series folder into a :class:`VolumeImage`.
 
-    Raises :class:`InputImageError` for a missing file, an unreadable one, a folder with no DICOM
-    series or several (naming them), and anything that is not one scalar 3D volume.
+    A DICOM folder holding several series needs ``series_uid`` (the SeriesInstanceUID); rather
+    than guess, the error lists the UIDs to choose from. Raises :class:`InputImageError` for a
+    missing file, an unreadable one, a folder with no DICOM series or several, an unknown series,
+    and anything that is not one scalar 3D volume.
     """
     import SimpleITK as sitk
 
@@ -103,7 +106,9 @@ def read_image(path: str | os.PathLike[str]) -> VolumeImage:
     if not path.exists():
         raise InputImageError(f"input image '{path}' does not exist")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        image = _read_dicom_folder(path, series_uid)
+    elif series_uid is not None:
+        raise InputImageError(f"a series UID was given but '{path}' is a file, not a DICOM folder")
     else:
         try:
             image = sitk.ReadImage(str(path))
@@ -120,9 +125,11 @@ def _read_dicom_folder(folder: Path, series_uid: str | None = None):
         raise InputImageError(f"'{folder}' holds no DICOM series")
     if series_uid is None and len(series) > 1:
         raise InputImageError(
-            f"'{folder}' holds {len(series)} DICOM series; pick one by its SeriesInstanceUID: "
-            + ", ".join(series)
+            f"'{folder}' holds {len(series)} DICOM series; pick one by its SeriesInstanceUID "
+            "(--series on the command line): " + ", ".join(series)
         )
+    if series_uid is not None and series_uid not in series:
+        raise InputImageError(f"'{folder}' holds no DICOM series '{series_uid}'; it holds: " + ", ".join(series))
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -236,10 +243,35 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Itera
     try:
         yield temporary_path
         os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give normal rights
-        os.replace(temporary_path, path)
+        _move_into_place(temporary_path, path, overwrite)
+    except OSError as error:
+        temporary_path.unlink(missing_ok=True)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputPathError(f"no space left on the device while writing '{path}'; nothing was written") from None
+        raise
     except BaseException:
         temporary_path.unlink(missing_ok=True)
         raise
+
+
+def _move_into_place(temporary: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished file to its real name.
+
+    Without ``overwrite`` the name is claimed with a hard link, which fails if the name appeared
+    meanwhile: of two runs started at once on the same output, the second is refused instead of
+    silently replacing the first one's result.
+    """
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise OutputPathError(f"'{path}' was written by another run meanwhile; pass --overwrite to replace it") from None
+    except OSError:  # file systems without hard links: the check before writing has to do
+        os.replace(temporary, path)
+        return
+    temporary.unlink()
 
 
 def _current_umask() -> int:

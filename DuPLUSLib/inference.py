@@ -283,6 +283,7 @@ def segment_file(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    series_uid: str | None = None,
 ) -> dict:
     """Segment one image file and write the ``.seg.nrrd`` (plus report, preview, probabilities).
 
@@ -299,7 +300,7 @@ def segment_file(
         _check_probability_folder(Path(probabilities_dir), prompts, modality, overwrite)
     load_ontology().parse_many(prompts, modality)  # a typo fails now, not after the model loads
     progress("loading", 0.0, f"reading {Path(input_path).name}")
-    image = read_image(input_path)
+    image = read_image(input_path, series_uid)
     if segmenter is None:
         progress("loading", 0.5, "loading the model")
         segmenter = Segmenter(_load_model(model, adapter), device=device)

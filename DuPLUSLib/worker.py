@@ -110,7 +110,7 @@ class Worker:
             self.emit(_error_event(request_id, error))
         except MemoryError as error:
             self.emit({"event": "error", "id": request_id, "error": "ResourceLimitError",
-                       "message": f"out of memory: {error or 'the volume is too large'}; crop the volume "
+                       "message": f"out of memory: {str(error) or 'the volume is too large'}; crop the volume "
                                   "or ask for fewer structures at once"})
         except Exception as error:  # a bug must reach the user as a message, not a silent worker
             traceback.print_exc(file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -85,6 +86,9 @@ def test_folder_with_two_dicom_series_is_refused_naming_both(tmp_path):
     with pytest.raises(InputImageError, match="2 DICOM series") as caught:
         read_image(tmp_path)
     assert first in str(caught.value) and second in str(caught.value)
+    assert read_image(tmp_path, series_uid=second).array.shape == image.array.shape
+    with pytest.raises(InputImageError, match="no DICOM series '1.2.3'"):
+        read_image(tmp_path, series_uid="1.2.3")
 
 
 def test_folder_without_dicom_is_refused(tmp_path):
@@ -277,6 +281,31 @@ def test_existing_output_with_overwrite_is_replaced(tmp_path):
     target.write_text("old", encoding="utf-8")
     write_image(image, target, overwrite=True)
     assert_same_volume(read_image(target), image)
+
+
+def test_a_full_disk_during_the_write_gives_a_clear_error_and_leaves_no_file(tmp_path, monkeypatch):
+    image, organ = sphere_volume()
+    target = tmp_path / "result.seg.nrrd"
+
+    def write_until_the_disk_is_full(path, segmentation, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"NRRD0004\n half a header")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(slicerio, "write_segmentation", write_until_the_disk_is_full)
+    with pytest.raises(OutputPathError, match="no space left.*nothing was written"):
+        write_segmentation([SegmentMask(ONTOLOGY.structures["liver"], organ)], image, target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_of_two_runs_on_one_output_without_overwrite_the_later_is_refused(tmp_path):
+    target = tmp_path / "result.json"
+    with pytest.raises(OutputPathError, match="another run meanwhile"):
+        with atomic_output(target, overwrite=False) as temporary:
+            temporary.write_text("second run", encoding="utf-8")
+            target.write_text("first run", encoding="utf-8")  # the other run finishes first
+    assert target.read_text(encoding="utf-8") == "first run"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
 def test_output_into_a_missing_folder_is_refused(tmp_path):
