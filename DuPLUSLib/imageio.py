@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputImageError, OutputPathError, UnknownPromptError
+from .errors import InputImageError, OutputPathError, ResourceLimitError, UnknownPromptError
 from .ontology import Ontology, Structure
 
 __all__ = [
@@ -110,11 +110,47 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
     elif series_uid is not None:
         raise InputImageError(f"a series UID was given but '{path}' is a file, not a DICOM folder")
     else:
+        _refuse_if_too_large(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputImageError(f"cannot read '{path}' as an image: {_first_line(error)}") from None
     return _volume_from_sitk(image, path)
+
+
+def _refuse_if_too_large(path: Path) -> None:
+    """Read only the header and refuse a volume that cannot fit in memory, before allocating it.
+
+    Reading allocates the voxels and the engine then needs a float copy on the model grid; a file
+    larger than the free memory would otherwise get the process killed by the operating system.
+    """
+    import psutil
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable headers are reported by the full read, with its own message
+    voxels = float(np.prod([float(n) for n in reader.GetSize()]))
+    needed = voxels * (_bytes_per_voxel(reader) + 4)  # the voxels as stored, then as float32
+    available = psutil.virtual_memory().available
+    if needed > 0.8 * available:
+        raise ResourceLimitError(
+            f"'{path}' holds {'x'.join(map(str, reader.GetSize()))} voxels, about {needed / 2**30:.1f} GiB to read "
+            f"and convert, but only {available / 2**30:.1f} GiB is free; crop or downsample it first"
+        )
+
+
+def _bytes_per_voxel(reader) -> int:
+    import SimpleITK as sitk
+
+    try:
+        probe = sitk.Image([1, 1, 1], reader.GetPixelID(), reader.GetNumberOfComponents())
+        return int(sitk.GetArrayViewFromImage(probe).itemsize)
+    except RuntimeError:
+        return 8  # an exotic pixel type: assume the widest
 
 
 def _read_dicom_folder(folder: Path, series_uid: str | None = None):

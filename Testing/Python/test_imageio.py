@@ -20,7 +20,7 @@ from engine_fixtures import (
     sphere_volume,
     write_dicom_series,
 )
-from DuPLUSLib.errors import InputImageError, OutputPathError
+from DuPLUSLib.errors import InputImageError, OutputPathError, ResourceLimitError
 from DuPLUSLib.imageio import (
     SegmentMask,
     VolumeImage,
@@ -89,6 +89,15 @@ def test_folder_with_two_dicom_series_is_refused_naming_both(tmp_path):
     assert read_image(tmp_path, series_uid=second).array.shape == image.array.shape
     with pytest.raises(InputImageError, match="no DICOM series '1.2.3'"):
         read_image(tmp_path, series_uid="1.2.3")
+
+
+def test_a_volume_larger_than_memory_is_refused_from_its_header_before_any_allocation(tmp_path):
+    header = tmp_path / "huge.nhdr"
+    header.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 6000 6000 6000\nencoding: raw\n"
+                      "endian: little\ndata file: huge.raw\n", encoding="utf-8")
+    (tmp_path / "huge.raw").write_bytes(b"")  # never read: the header alone says it cannot fit
+    with pytest.raises(ResourceLimitError, match="6000x6000x6000 voxels.*GiB is free"):
+        read_image(header)
 
 
 def test_folder_without_dicom_is_refused(tmp_path):
