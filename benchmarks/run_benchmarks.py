@@ -98,13 +98,17 @@ def run_child(model: str | None, shape: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def item_sizes(model, repeats, quick) -> dict:
-    shapes = ["128x128x64", "256x256x150"] + ([] if quick else ["512x512x300"])
+BIG_CT = "512x512x300"
+
+
+def item_sizes(model, repeats, quick, big_repeats) -> dict:
+    shapes = ["128x128x64", "256x256x150"] + ([] if quick else [BIG_CT])
     rows = []
     for shape in shapes:
-        runs = [run_child(model, shape) for _ in range(repeats)]
+        runs = [run_child(model, shape) for _ in range(big_repeats if shape == BIG_CT else repeats)]
         rows.append({
             "shape": shape,
+            "runs": len(runs),
             "voxels": runs[0]["voxels"],
             "seconds": statistics.median(r["seconds"] for r in runs),
             "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
@@ -242,11 +246,17 @@ def item_flops(network, repeats) -> dict:
             "goal": ">= 30% of the matrix-multiply peak", "met": rows[used]["fraction_of_peak"] >= 0.3}
 
 
-def item_ct(model, repeats) -> dict:
-    runs = [run_child(model, "512x512x300") for _ in range(repeats)]
-    seconds = statistics.median(r["seconds"] for r in runs)
-    peak = max(r["peak_rss_gb"] for r in runs)
-    return {"seconds": seconds, "peak_rss_gb": peak, "stages": runs[0]["timings"],
+def item_ct(model, big_repeats, sizes: dict | None) -> dict:
+    """The 512 x 512 x 300 case: item 1's measurement of it when item 1 ran, else its own runs."""
+    measured = [row for row in (sizes or {}).get("rows", []) if row["shape"] == BIG_CT]
+    if measured:
+        row = measured[0]
+        seconds, peak, stages, runs = row["seconds"], row["peak_rss_gb"], row["stages"], row["runs"]
+    else:
+        results = [run_child(model, BIG_CT) for _ in range(big_repeats)]
+        seconds = statistics.median(r["seconds"] for r in results)
+        peak, stages, runs = max(r["peak_rss_gb"] for r in results), results[0]["timings"], len(results)
+    return {"seconds": seconds, "peak_rss_gb": peak, "stages": stages, "runs": runs,
             "goal": "<= 60 s and <= 4 GB", "met": seconds <= 60 and peak <= 4}
 
 
@@ -332,7 +342,7 @@ def markdown(results: dict) -> str:
     if "6" in r:
         c = r["6"]
         lines += ["## 6. A 512 x 512 x 300 CT, 10 structures, CPU", "",
-                  f"{c['seconds']:.1f} s wall, {c['peak_rss_gb']:.2f} GB peak RSS; stages: "
+                  f"{c['seconds']:.1f} s wall ({c['runs']} run), {c['peak_rss_gb']:.2f} GB peak RSS; stages: "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in c["stages"].items())
                   + f". Goal {c['goal']}: {'met' if c['met'] else 'missed'}.", ""]
     if "7" in r:
@@ -351,6 +361,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[str(i) for i in range(1, 8)])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--big-repeats", type=int, default=1,
+                        help="runs of the 512 x 512 x 300 case (minutes each on 2 cores)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -366,12 +378,12 @@ def main() -> int:
     results = {"machine": machine(), "model": args.model or "bundled default", "repeats": repeats, "items": {}}
     print(json.dumps(results["machine"]))
     steps = {
-        "1": lambda: item_sizes(args.model, repeats, args.quick),
+        "1": lambda: item_sizes(args.model, repeats, args.quick, args.big_repeats),
         "2": lambda: item_prompts(network, repeats),
         "3": lambda: item_conditioning(network, repeats),
         "4": lambda: item_worker(args.model, repeats),
         "5": lambda: item_flops(network, repeats),
-        "6": lambda: item_ct(args.model, repeats),
+        "6": lambda: item_ct(args.model, args.big_repeats, results["items"].get("1")),
         "7": lambda: item_prognosis(repeats),
     }
     for key in args.only:
