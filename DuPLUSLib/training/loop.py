@@ -315,7 +315,7 @@ def _save_model(folder, config: TrainingConfig, network_config, settings, encode
         training={
             "config_fingerprint": config.fingerprint(),
             "steps": steps,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 1) if math.isfinite(seconds) else None,  # None: exported mid-run
             "datasets": [d.__dict__ for d in config.datasets],
             "prompt_code": config.prompts.code,
             "torch": torch.__version__,
