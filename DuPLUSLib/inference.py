@@ -35,6 +35,7 @@ from .ontology import Prompt, load_ontology
 from .preprocessing import (
     check_image_values,
     normalise_intensity,
+    resample_mask_above,
     resample_onto,
     resample_to_spacing,
 )
@@ -174,12 +175,15 @@ class Segmenter:
             if cancel():
                 raise CancelledError("segmentation cancelled")
             progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
-            prob = resample_onto(model_image.with_array(probabilities_model.pop(prompt.key)), image, "linear", 0.0)
-            mask = prob >= self.settings.threshold
-            confidence = float(prob[mask].mean()) if mask.any() else None
-            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence))
+            on_model_grid = model_image.with_array(probabilities_model.pop(prompt.key))
             if keep_probabilities:
+                prob = resample_onto(on_model_grid, image, "linear", 0.0)
+                mask = prob >= self.settings.threshold
+                confidence = float(prob[mask].mean()) if mask.any() else None
                 kept[prompt.key] = prob
+            else:  # only where the mask can be: most of the post-processing time on a big CT
+                mask, confidence = resample_mask_above(on_model_grid, image, self.settings.threshold)
+            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence))
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(

@@ -130,6 +130,39 @@ def resample_onto(
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
+def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float) -> tuple[np.ndarray, float | None]:
+    """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true,
+    with the mean resampled value inside the mask (None for an empty mask).
+
+    Linear interpolation is a convex combination of the 2x2x2 source voxels around a point, so a
+    target voxel can reach ``threshold`` only if one of those source voxels does. The source voxels
+    at or above it, grown by one voxel, bound every such point; only the target voxels inside that
+    box's footprint are resampled. The result is identical to the full resampling, and a structure
+    that covers a small part of a large CT costs a small part of its time.
+    """
+    out = np.zeros(target.array.shape, dtype=bool)
+    above = np.argwhere(source.array >= threshold)  # [n, (k, j, i)]
+    if above.size == 0:
+        return out, None
+    low = above.min(0)[::-1] - 1.0  # (i, j, k), grown by the interpolation's reach
+    high = above.max(0)[::-1] + 1.0
+    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    points = corners @ source.ijk_to_lps.T  # LPS
+    in_target = points @ np.linalg.inv(target.ijk_to_lps).T  # continuous (i, j, k) of the target
+    shape_ijk = np.array(target.shape_ijk)
+    start = np.clip(np.floor(in_target[:, :3].min(0)).astype(int) - 1, 0, shape_ijk)
+    stop = np.clip(np.ceil(in_target[:, :3].max(0)).astype(int) + 2, 0, shape_ijk)
+    if np.any(stop <= start):
+        return out, None
+    origin = target.ijk_to_lps @ np.array([*start, 1.0])
+    box = VolumeImage(np.zeros(tuple((stop - start)[::-1]), np.uint8), target.spacing, tuple(origin[:3]), target.direction)
+    region = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
+    values = resample_onto(source, box, "linear", 0.0)
+    inside = values >= threshold
+    out[region] = inside
+    return out, (float(values[inside].mean()) if inside.any() else None)
+
+
 def resample_to_spacing(
     image: VolumeImage,
     spacing: tuple[float, float, float],

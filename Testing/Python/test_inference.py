@@ -325,3 +325,32 @@ def test_bundled_default_model_segments_a_small_ct_volume():
     result = segmenter.segment(image, prompts)
     assert [s.mask.shape for s in result.segments] == [image.array.shape] * 2
     assert [entry["prompt"] for entry in result.report()["segments"]] == ["CT/abdomen/liver", "CT/abdomen/spleen"]
+
+
+# ------------------------------------------------------------------- resampling only where a mask can be
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 1.5])
+def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(threshold):
+    from scipy.spatial.transform import Rotation
+
+    from DuPLUSLib.imageio import VolumeImage
+    from DuPLUSLib.preprocessing import resample_mask_above, resample_onto
+
+    rng = np.random.default_rng(3)
+    probabilities = np.zeros((20, 24, 28), np.float32)
+    probabilities[5:11, 8:15, 3:9] = rng.uniform(0.3, 1.0, (6, 7, 6))  # a small structure near a corner
+    probabilities[15, 20, 25] = 0.95  # and one isolated voxel far from it
+    source = VolumeImage(probabilities, (2.0, 2.0, 2.0), (-20.0, -30.0, -10.0), np.eye(3))
+    direction = Rotation.from_euler("xyz", [0.3, -0.2, 0.5]).as_matrix() @ np.diag([1, -1, 1])
+    spacing, shape_ijk = np.array([1.1, 0.9, 1.3]), np.array([45, 50, 30])
+    structure_centre = np.array([-8.0, -7.0, 6.0])  # LPS centre of the small structure
+    origin = structure_centre - direction @ (spacing * shape_ijk / 2)  # the oblique grid is centred on it
+    target = VolumeImage(np.zeros(tuple(shape_ijk[::-1]), np.int16), tuple(spacing), tuple(origin), direction)
+
+    full = resample_onto(source, target, "linear", 0.0)
+    mask, confidence = resample_mask_above(source, target, threshold)
+    np.testing.assert_array_equal(mask, full >= threshold)
+    if threshold < 1.0:
+        assert mask.any()  # the case is not vacuous
+        assert confidence == pytest.approx(float(full[full >= threshold].mean()), rel=1e-6)
+    else:
+        assert confidence is None
