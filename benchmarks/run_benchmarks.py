@@ -1,6 +1,6 @@
 """Speed and memory of the DuPLUS engine on this machine: writes BENCHMARKS.md and a JSON of the raw figures.
 
-    python benchmarks/run_benchmarks.py                 # everything (about 15 minutes on 2 cores)
+    python benchmarks/run_benchmarks.py                 # everything (about 10 minutes on 2 quiet cores)
     python benchmarks/run_benchmarks.py --only 2 3 5    # some items
     python benchmarks/run_benchmarks.py --quick         # small sizes, one repeat: a smoke run
 
@@ -352,6 +352,8 @@ def markdown(results: dict) -> str:
                   "| model | fit s | predict one s |", "|---|---:|---:|"]
         lines += [f"| {name} | {row['fit_seconds']:.2f} | {row['predict_one_seconds']:.4f} |" for name, row in p["rows"].items()]
         lines += [""]
+    lines += ["Where the time goes, what was changed with before/after figures, and what is left: "
+              "[benchmarks/OPTIMISATION.md](benchmarks/OPTIMISATION.md).", ""]
     return "\n".join(lines)
 
 
