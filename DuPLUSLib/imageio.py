@@ -280,13 +280,10 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Itera
         yield temporary_path
         os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give normal rights
         _move_into_place(temporary_path, path, overwrite)
-    except OSError as error:
+    except BaseException as error:
         temporary_path.unlink(missing_ok=True)
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputPathError(f"no space left on the device while writing '{path}'; nothing was written") from None
-        raise
-    except BaseException:
-        temporary_path.unlink(missing_ok=True)
         raise
 
 

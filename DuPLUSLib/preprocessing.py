@@ -141,11 +141,12 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     that covers a small part of a large CT costs a small part of its time.
     """
     out = np.zeros(target.array.shape, dtype=bool)
-    above = np.argwhere(source.array >= threshold)  # [n, (k, j, i)]
-    if above.size == 0:
+    above = source.array >= threshold
+    if not above.any():
         return out, None
-    low = above.min(0)[::-1] - 1.0  # (i, j, k), grown by the interpolation's reach
-    high = above.max(0)[::-1] + 1.0
+    first, last = _bounding_box(above)
+    low = first[::-1] - 1.0  # (i, j, k), grown by the interpolation's reach
+    high = last[::-1] + 1.0
     corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
     points = corners @ source.ijk_to_lps.T  # LPS
     in_target = points @ np.linalg.inv(target.ijk_to_lps).T  # continuous (i, j, k) of the target
@@ -161,6 +162,17 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     inside = values >= threshold
     out[region] = inside
     return out, (float(values[inside].mean()) if inside.any() else None)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last (k, j, i) index of a non-empty mask's voxels, from per-axis projections:
+    listing the voxels themselves would take memory in proportion to a large structure."""
+    first, last = [], []
+    for axis in range(3):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        first.append(hits[0])
+        last.append(hits[-1])
+    return np.array(first, dtype=float), np.array(last, dtype=float)
 
 
 def resample_to_spacing(

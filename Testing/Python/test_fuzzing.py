@@ -22,6 +22,7 @@ from DuPLUSLib.ontology import load_ontology
 from DuPLUSLib.prognosis.cohort import CohortError, load_cohort
 from DuPLUSLib.prognosis.ehr import EHR_FIELDS, EHRRecord, EHRValidationError, ehr_sentence, parse_ehr
 
+ONTOLOGY = load_ontology()
 FUZZ = settings(deadline=5000, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -137,9 +138,6 @@ def test_a_corrupted_segmentation_file_is_read_or_refused_with_an_input_image_er
         return
     for mask in masks.values():
         assert mask.shape == reference.array.shape
-
-
-ONTOLOGY = load_ontology()
 
 
 @pytest.fixture(scope="module")
