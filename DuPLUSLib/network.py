@@ -141,6 +141,9 @@ class TargetPromptHead(nn.Module):
     (c -> c -> c -> 1); they are applied to ``head_channels`` decoder features. Prompts never mix.
     """
 
+    chunk_values = 65_536  # (sample, prompt, voxel) triples per chunk: ~2 MB per fp32 intermediate
+    min_chunk_voxels = 2_048
+
     def __init__(self, config: NetworkConfig):
         super().__init__()
         c = config.head_channels
@@ -174,19 +177,30 @@ class TargetPromptHead(nn.Module):
         text_code = self.text_projection(targets.to(image_code.dtype))
         joint = torch.cat([image_code[:, None].expand(-1, n_prompts, -1), text_code], dim=-1)
         params = self.controller(joint).float()  # [B, N, n_params]
-        h = self.feature_reduction(features.decoder).float()  # [B, c, k, j, i]
-        spatial = h.shape[2:]
-        h = h.flatten(2)  # [B, c, V]
+        layers = []
         offset = 0
-        out = h.unsqueeze(1).expand(-1, n_prompts, -1, -1)  # [B, N, c, V]
-        for index, (o, i) in enumerate(self.param_shapes):
+        for o, i in self.param_shapes:
             weight = params[..., offset : offset + o * i].reshape(batch, n_prompts, o, i)
             offset += o * i
             bias = params[..., offset : offset + o].reshape(batch, n_prompts, o, 1)
             offset += o
-            out = torch.matmul(weight, out) + bias
-            if index < len(self.param_shapes) - 1:
-                out = F.elu(out)
+            layers.append((weight, bias))
+        h = self.feature_reduction(features.decoder).float()  # [B, c, k, j, i]
+        spatial = h.shape[2:]
+        h = h.flatten(2)[:, None]  # [B, 1, c, V]
+        # The three layers are cheap in arithmetic but write N x c values per voxel each; run over
+        # the whole window at once, those intermediates leave the cache, and 20 prompts cost 5x
+        # what 5 do. Chunks of voxels keep them in cache, in training (backward too) and inference.
+        chunk = max(self.min_chunk_voxels, self.chunk_values // (batch * n_prompts))
+        pieces = []
+        for start in range(0, h.shape[-1], chunk):
+            out = h[..., start : start + chunk]
+            for index, (weight, bias) in enumerate(layers):
+                out = torch.matmul(weight, out) + bias
+                if index < len(layers) - 1:
+                    out = F.elu(out)
+            pieces.append(out[:, :, 0])
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)  # [B, N, V]
         return out.reshape(batch, n_prompts, *spatial)
 
 

@@ -59,6 +59,23 @@ def test_each_output_channel_depends_only_on_its_own_prompt(network):
     assert not torch.allclose(before[:, 1], after[:, 1])
 
 
+def test_the_head_gives_the_same_logits_and_gradients_in_voxel_chunks_as_in_one_piece(network, monkeypatch):
+    images, context, targets = image_batch(), unit_vectors(TEXT_DIM, seed=1), unit_vectors(3, TEXT_DIM, seed=2)
+
+    def logits_and_gradient(chunk_values: int) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(type(network.head), "chunk_values", chunk_values)
+        monkeypatch.setattr(type(network.head), "min_chunk_voxels", 1)
+        network.zero_grad()
+        logits = network(images, "CT", context, targets)
+        logits.sigmoid().square().mean().backward()
+        return logits.detach(), network.head.controller.weight.grad.clone()
+
+    whole, whole_grad = logits_and_gradient(10**9)
+    chunked, chunked_grad = logits_and_gradient(2 * 3 * 100)  # 100 voxels of 1,536 per chunk, the last one short
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(whole_grad, chunked_grad, atol=1e-6)
+
+
 @torch.no_grad()
 def test_untrained_context_conditioning_is_the_identity():
     torch.manual_seed(0)
