@@ -18,6 +18,7 @@ from .imageio import VolumeImage, to_sitk
 __all__ = [
     "IntensityNormalisation",
     "DEFAULT_NORMALISATION",
+    "check_direction",
     "check_image_values",
     "normalise_intensity",
     "resample_to_spacing",
@@ -73,6 +74,30 @@ def check_image_values(image: VolumeImage, name: str = "input image") -> None:
         raise InputImageError(f"{name} is constant (every voxel is {array.flat[0]}); nothing to segment")
     if not all(s > 0 for s in image.spacing):
         raise InputImageError(f"{name} has a non-positive spacing {image.spacing}")
+    check_direction(image.direction, name)
+
+
+def check_direction(direction: np.ndarray, name: str = "input image") -> None:
+    """Refuse axes that are not perpendicular unit vectors.
+
+    A sheared grid (a CT acquired with gantry tilt, or a volume under a hardened shear) can be read,
+    but the segmentation written back on it would carry the shear into Slicer, where segmentations
+    are drawn on perpendicular axes; refusing with the fix is safer than a subtly displaced result.
+    """
+    direction = np.asarray(direction, dtype=float).reshape(3, 3)
+    lengths = np.linalg.norm(direction, axis=0)
+    if not np.all(np.isfinite(direction)) or np.any(lengths < 1e-6) or abs(np.linalg.det(direction)) < 1e-6:
+        raise InputImageError(f"{name} has a degenerate direction matrix {direction.tolist()}")
+    if np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        return
+    unit = direction / lengths
+    cosines = np.clip(np.abs((unit.T @ unit)[np.triu_indices(3, 1)]), 0.0, 1.0)
+    shear = float(np.degrees(np.arcsin(cosines.max())))
+    raise InputImageError(
+        f"{name} has axes that are not perpendicular (sheared by {shear:.1f} degrees, as after a CT "
+        "gantry tilt); resample it onto a regular grid first (in Slicer: Resample Scalar Volume, "
+        "or harden the transform and resample)"
+    )
 
 
 def normalise_intensity(array: np.ndarray, settings: IntensityNormalisation) -> np.ndarray:

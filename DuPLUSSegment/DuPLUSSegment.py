@@ -29,12 +29,14 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import slicer
 
 from DuPLUSLib import cascade, mrml
 from DuPLUSLib.errors import CancelledError, DuPLUSError, InputImageError, ModelBundleError, OutputPathError
 from DuPLUSLib.imageio import write_image
 from DuPLUSLib.ontology import load_ontology
+from DuPLUSLib.preprocessing import check_direction
 from DuPLUSLib.segment_process import RunCallbacks, RunnerState, SegmentationRunner, WorkerError
 
 from DuPLUSLib.scripted_module import (  # stand-ins where only slicer-core is present
@@ -788,6 +790,9 @@ def _checkVolumeCheaply(volumeNode) -> None:
         raise InputImageError(_("'{name}' has several components per voxel (4D or colour)").format(name=volumeNode.GetName()))
     if min(imageData.GetDimensions()) < 2:
         raise InputImageError(_("'{name}' is a 2D image; a 3D volume is needed").format(name=volumeNode.GetName()))
+    directions = np.zeros((3, 3))
+    volumeNode.GetIJKToRASDirections(directions)
+    check_direction(directions, f"'{volumeNode.GetName()}'")
 
 
 def _dicomTags(volumeNode) -> tuple[str | None, str | None]:

@@ -146,6 +146,26 @@ def test_segment_writes_segmentation_report_and_preview_with_json_progress(ct_fi
     assert (out / "ct.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def test_segment_reads_and_writes_paths_with_spaces_and_non_ascii_characters(ct_file, tmp_path, model):
+    folder = tmp_path / "Patient Müller – 李 scans"
+    try:
+        os.fsencode(folder)
+    except UnicodeEncodeError:
+        pytest.skip(f"this file system encoding ({sys.getfilesystemencoding()}) cannot name such a folder")
+    folder.mkdir()
+    source = folder / "CT abdomen é.nrrd"
+    source.write_bytes(ct_file.read_bytes())
+    finished = run_duplus(
+        "segment", str(source), "-p", "CT/abdomen/liver", "-o", str(folder / "liver ø.seg.nrrd"),
+        "--report", str(folder / "report ø.json"), "--model", str(model), "--device", "cpu", "--progress", "json",
+    )
+    assert finished.returncode == 0, finished.stderr
+    report = json.loads((folder / "report ø.json").read_text(encoding="utf-8"))
+    assert report["input"]["path"] == str(source.resolve())
+    assert report["output"] == str((folder / "liver ø.seg.nrrd").resolve())
+    assert list(read_segmentation(folder / "liver ø.seg.nrrd", ONTOLOGY)[1]) == ["liver"]
+
+
 def test_segment_output_has_the_input_geometry(ct_file, out, model, capsys):
     assert main(segment_args(ct_file, out, model)) == 0
     geometry, masks = read_segmentation(out / "result.seg.nrrd", ONTOLOGY)
@@ -213,6 +233,18 @@ def test_image_with_nan_voxels_is_refused(tmp_path, out, model, capsys):
     image.array[2, 3, 4] = np.nan
     path = write_image(image, tmp_path / "nan.nrrd")
     assert_refused(segment_args(path, out, model), out, capsys, "NaN or infinite")
+
+
+def test_a_sheared_nrrd_is_refused(tmp_path, out, model, capsys):
+    import nrrd
+
+    image, _ = sphere_volume()
+    sheared = tmp_path / "gantry tilt.nrrd"
+    directions = np.diag(image.spacing).astype(float)
+    directions[2] = [0.0, 0.3 * image.spacing[1], image.spacing[2]]  # k axis leans along j
+    nrrd.write(str(sheared), np.ascontiguousarray(image.array.transpose(2, 1, 0)),
+               {"space": "left-posterior-superior", "space directions": directions, "space origin": np.zeros(3)})
+    assert_refused(segment_args(sheared, out, model), out, capsys, "not perpendicular")
 
 
 def test_unknown_prompt_is_refused_listing_choices(ct_file, out, model, capsys):

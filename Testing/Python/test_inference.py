@@ -232,6 +232,14 @@ def test_non_finite_voxels_are_refused(random_segmenter, bad_value):
         random_segmenter.segment(image, ABDOMEN)
 
 
+def test_a_volume_with_sheared_axes_is_refused_naming_the_tilt(random_segmenter):
+    image, _ = off_centre_sphere()
+    tilt = np.radians(12.0)
+    image.direction = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
+    with pytest.raises(InputImageError, match=r"not perpendicular \(sheared by 12.0 degrees"):
+        random_segmenter.segment(image, ABDOMEN)
+
+
 def test_constant_volume_is_refused(random_segmenter):
     image, _ = off_centre_sphere()
     with pytest.raises(InputImageError, match="constant"):

@@ -327,6 +327,10 @@ def test_input_check_says_what_is_wrong_for_the_tooltip(logic, sphere, mrml_scen
     labels = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), np.uint8), name="labels",
                                             nodeClassName="vtkMRMLLabelMapVolumeNode")
     assert "label map" in logic.checkInputVolume(labels)
+    sheared = np.eye(3)
+    sheared[:, 2] = [0.0, 0.2, 1.0]
+    volume.SetIJKToRASDirections(sheared)
+    assert "not perpendicular" in logic.checkInputVolume(volume)
 
 
 def test_dependencies_are_all_present_here(logic):
