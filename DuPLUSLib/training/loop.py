@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ def train(
         torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
+    lock = _lock_run_folder(run_dir) if dist.main else None
     _claim_run_folder(run_dir, config, resume, dist)
     torch.manual_seed(config.seed)
     ontology = load_ontology()
@@ -174,6 +175,8 @@ def train(
         model_dir = _save_model(run_dir / "model", config, network_config, settings, encoder_entry, codes, ema,
                                 opt.steps, seconds)
     dist.barrier()
+    if lock is not None:
+        lock.close()
     return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
 
 
@@ -239,6 +242,34 @@ def _update_ema(ema: dict[str, torch.Tensor], network: torch.nn.Module, decay: f
 
 
 # ------------------------------------------------------------------------- run folder state
+def _lock_run_folder(run_dir: Path) -> IO[str]:
+    """Hold the run folder for this process: two runs in one folder would overwrite each other's
+    checkpoints. The lock is the operating system's, so it ends with the process, even a killed one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+", encoding="utf-8")
+    try:
+        if os.name == "nt":
+            import msvcrt
+
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(
+            f"'{run_dir}' is in use by another training run ({holder}); wait for it to finish or choose another folder"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
 def _claim_run_folder(
     run_dir: Path, config: TrainingConfig, resume: bool, dist: _Distributed, write: bool = True
 ) -> None:

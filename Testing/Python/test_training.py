@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +138,30 @@ def test_the_same_run_without_resume_is_refused(toy, tmp_path):
     train(tiny_config(toy, steps=2), run, device="cpu", progress=False)
     with pytest.raises(RunFolderError, match="pass --resume"):
         train(tiny_config(toy, steps=4), run, device="cpu", progress=False)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the test holds the lock with fcntl")
+def test_a_run_folder_in_use_by_another_process_is_refused_until_it_ends(toy, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, sys, time\n"
+         "lock = open(sys.argv[1], 'a+')\n"
+         "fcntl.flock(lock, fcntl.LOCK_EX)\n"
+         "lock.write('pid 4242'); lock.flush(); print('locked', flush=True); time.sleep(120)",
+         str(run / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderError, match=r"in use by another training run \(pid 4242\)"):
+            train(tiny_config(toy, steps=2), run, device="cpu", progress=False)
+        assert not (run / "run.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(tiny_config(toy, steps=2), run, device="cpu", progress=False).steps == 2
 
 
 # ------------------------------------------------------------------------------------- configs
