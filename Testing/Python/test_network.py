@@ -76,6 +76,26 @@ def test_the_head_gives_the_same_logits_and_gradients_in_voxel_chunks_as_in_one_
     assert torch.allclose(whole_grad, chunked_grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("normalised", [True, False])
+def test_hidden_units_pushed_far_below_zero_still_let_the_head_learn_only_when_normalised(normalised):
+    """The failure seen in training: a prompt whose generated hidden biases sit far below zero."""
+    from dataclasses import replace
+
+    torch.manual_seed(3)
+    network = DuPLUSNet(replace(small_network_config("film", TEXT_DIM), head_normalisation=normalised))
+    head = network.head
+    c = head.head_channels
+    hidden_biases = [c * c, c * c + c + c * c]  # offsets of the two hidden layers' biases
+    with torch.no_grad():
+        for offset in hidden_biases:
+            head.controller.bias[offset : offset + c] = -40.0
+    logits = network(image_batch(), "CT", unit_vectors(TEXT_DIM, seed=1), unit_vectors(2, TEXT_DIM, seed=2))
+    logits.sigmoid().mean().backward()
+    varies = bool(logits.detach().std(dim=(2, 3, 4)).min() > 1e-3)
+    learns = bool(head.controller.weight.grad[: c * c].abs().max() > 1e-6)
+    assert varies == normalised and learns == normalised
+
+
 @torch.no_grad()
 def test_untrained_context_conditioning_is_the_identity():
     torch.manual_seed(0)
