@@ -339,8 +339,6 @@ def test_dependencies_are_all_present_here(logic):
 
 
 # ----------------------------------------------------------------------------- the bundled model
-@pytest.mark.xfail(strict=True, reason="the bundled model is an undertrained preview (spleen Dice 0.00 on the "
-                                       "sample, see its MODEL_CARD.md); this passes once a trained model ships")
 def test_bundled_model_segments_the_bundled_sample(logic, mrml_scene):
     from DuPLUSLib.bundle import default_model_dir
     from DuPLUSLib.imageio import read_image, read_segmentation
