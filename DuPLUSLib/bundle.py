@@ -108,7 +108,10 @@ class BundleConfig:
         if unknown:
             raise ModelBundleError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         try:
-            values["network"] = NetworkConfig.from_dict(values["network"])
+            network = dict(values["network"])
+            # bundles written before the head was normalised record no such key, and were trained without it
+            network.setdefault("head_normalisation", False)
+            values["network"] = NetworkConfig.from_dict(network)
         except (TypeError, ValueError, KeyError) as error:
             raise ModelBundleError(f"invalid network config: {error}") from None
         if not isinstance(values.get("inference"), dict):

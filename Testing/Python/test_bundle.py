@@ -72,6 +72,15 @@ def test_loaded_config_matches_the_saved_one(saved):
     assert loaded.path == folder
 
 
+def test_a_bundle_written_before_head_normalisation_existed_loads_without_it(saved):
+    folder, network = saved
+    assert network.config.head_normalisation and load_bundle(folder).network.head.normalise
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    del config["network"]["head_normalisation"]
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert not load_bundle(folder).network.head.normalise
+
+
 def test_cached_prompt_embeddings_round_trip(saved):
     folder, _ = saved
     original = random_prompt_embeddings(ONTOLOGY, TEXT_DIM)
