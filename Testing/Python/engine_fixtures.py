@@ -242,6 +242,8 @@ def bright_region_network(threshold_z: float = 1.0, sharpness: float = 20.0) -> 
     convolutions that compare that z-score with ``threshold_z``.
     """
     network = random_network("film")
+    network.config.head_normalisation = False  # the hand-set head below is a plain threshold
+    network.head.normalise = False
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.zero_()
