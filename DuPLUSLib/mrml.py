@@ -24,11 +24,13 @@ import numpy as np
 
 from .errors import InputImageError, OutputPathError
 from .imageio import VolumeImage
+from .preprocessing import check_direction
 
 __all__ = [
     "IMPORTED_STRUCTURE_TAG",
     "ImportedSegment",
     "clashing_segment_names",
+    "check_volume_node",
     "import_segmentation",
     "imported_segments",
     "volume_image_from_node",
@@ -62,14 +64,10 @@ def _slicer():
 
 
 # ------------------------------------------------------------------------------ volume -> image
-def volume_image_from_node(node) -> VolumeImage:
-    """The voxels and LPS geometry of a scalar volume node, ready for :func:`imageio.write_image`.
-
-    Refuses, with a message the user can act on, what the engine cannot segment: no node, a label
+def check_volume_node(node) -> None:
+    """Refuse, with a message the user can act on, what the engine cannot segment: no node, a label
     map or segmentation picked as input, a multi-component (e.g. 4D or colour) volume, a 2D image,
-    an empty one. The node's own IJK-to-RAS matrix is used (directions included); a parent
-    transform is not applied, so the result is placed under the same transform on import.
-    """
+    an empty one, sheared axes. Copies no voxels, so the module can run it for its tooltip."""
     slicer = _slicer()
     if node is None:
         raise InputImageError("no input volume selected; load a volume and select it as input")
@@ -97,6 +95,19 @@ def volume_image_from_node(node) -> VolumeImage:
         raise InputImageError(
             f"'{node.GetName()}' is a 2D image ({'x'.join(map(str, dimensions))}); a 3D volume is needed"
         )
+    directions_ras = np.zeros((3, 3))
+    node.GetIJKToRASDirections(directions_ras)
+    check_direction(directions_ras, f"'{node.GetName()}'")
+
+
+def volume_image_from_node(node) -> VolumeImage:
+    """The voxels and LPS geometry of a scalar volume node, ready for :func:`imageio.write_image`,
+    after :func:`check_volume_node`. The node's own IJK-to-RAS matrix is used (directions
+    included); a parent transform is not applied, so the result is placed under the same
+    transform on import.
+    """
+    check_volume_node(node)
+    slicer = _slicer()
     array = np.array(slicer.util.arrayFromVolume(node), copy=True)
     directions_ras = np.zeros((3, 3))
     node.GetIJKToRASDirections(directions_ras)

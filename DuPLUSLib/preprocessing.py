@@ -90,6 +90,11 @@ def check_direction(direction: np.ndarray, name: str = "input image") -> None:
         raise InputImageError(f"{name} has a degenerate direction matrix {direction.tolist()}")
     if np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
         return
+    if not np.allclose(lengths, 1.0, atol=1e-3):
+        raise InputImageError(
+            f"{name} has a direction matrix whose axes are not unit vectors (lengths {np.round(lengths, 4).tolist()}); "
+            "put the voxel size in the spacing and keep only directions in the matrix"
+        )
     unit = direction / lengths
     cosines = np.clip(np.abs((unit.T @ unit)[np.triu_indices(3, 1)]), 0.0, 1.0)
     shear = float(np.degrees(np.arcsin(cosines.max())))

@@ -29,14 +29,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import slicer
 
 from DuPLUSLib import cascade, mrml
 from DuPLUSLib.errors import CancelledError, DuPLUSError, InputImageError, ModelBundleError, OutputPathError
 from DuPLUSLib.imageio import write_image
 from DuPLUSLib.ontology import load_ontology
-from DuPLUSLib.preprocessing import check_direction
 from DuPLUSLib.segment_process import RunCallbacks, RunnerState, SegmentationRunner, WorkerError
 
 from DuPLUSLib.scripted_module import (  # stand-ins where only slicer-core is present
@@ -681,7 +679,7 @@ class DuPLUSSegmentLogic(ScriptedLoadableModuleLogic):
     def checkInputVolume(self, volumeNode) -> str | None:
         """Why this node cannot be segmented, or None when it can (for the Segment tooltip)."""
         try:
-            _checkVolumeCheaply(volumeNode)
+            mrml.check_volume_node(volumeNode)
         except InputImageError as error:
             return str(error)
         return None
@@ -775,24 +773,6 @@ class DuPLUSSegmentLogic(ScriptedLoadableModuleLogic):
     def _onTimer(self) -> None:
         if not self.poll():
             self._timer.stop()
-
-
-def _checkVolumeCheaply(volumeNode) -> None:
-    """The checks of :func:`mrml.volume_image_from_node` without copying the voxels."""
-    if volumeNode is None:
-        raise InputImageError(_("no input volume selected"))
-    if volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise InputImageError(_("'{name}' is a label map; select the image it was drawn on").format(name=volumeNode.GetName()))
-    imageData = volumeNode.GetImageData() if hasattr(volumeNode, "GetImageData") else None
-    if imageData is None or imageData.GetNumberOfPoints() == 0:
-        raise InputImageError(_("'{name}' holds no voxels").format(name=volumeNode.GetName()))
-    if imageData.GetNumberOfScalarComponents() != 1:
-        raise InputImageError(_("'{name}' has several components per voxel (4D or colour)").format(name=volumeNode.GetName()))
-    if min(imageData.GetDimensions()) < 2:
-        raise InputImageError(_("'{name}' is a 2D image; a 3D volume is needed").format(name=volumeNode.GetName()))
-    directions = np.zeros((3, 3))
-    volumeNode.GetIJKToRASDirections(directions)
-    check_direction(directions, f"'{volumeNode.GetName()}'")
 
 
 def _dicomTags(volumeNode) -> tuple[str | None, str | None]:

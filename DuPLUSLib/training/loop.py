@@ -91,6 +91,22 @@ def train(
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     lock = _lock_run_folder(run_dir) if dist.main else None
+    try:
+        return _run(config, run_dir, resume, torch_device, dist, progress, on_step)
+    finally:  # also on an error: a console that keeps the traceback must not keep the folder locked
+        if lock is not None:
+            lock.close()
+
+
+def _run(
+    config: TrainingConfig,
+    run_dir: Path,
+    resume: bool,
+    torch_device: torch.device,
+    dist: _Distributed,
+    progress: bool,
+    on_step: Callable[[int, float], None] | None,
+) -> TrainingOutcome:
     _claim_run_folder(run_dir, config, resume, dist)
     torch.manual_seed(config.seed)
     ontology = load_ontology()
@@ -175,8 +191,6 @@ def train(
         model_dir = _save_model(run_dir / "model", config, network_config, settings, encoder_entry, codes, ema,
                                 opt.steps, seconds)
     dist.barrier()
-    if lock is not None:
-        lock.close()
     return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
 
 

@@ -238,6 +238,9 @@ def test_a_volume_with_sheared_axes_is_refused_naming_the_tilt(random_segmenter)
     image.direction = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, np.sin(tilt)], [0.0, 0.0, np.cos(tilt)]])
     with pytest.raises(InputImageError, match=r"not perpendicular \(sheared by 12.0 degrees"):
         random_segmenter.segment(image, ABDOMEN)
+    image.direction = np.diag([2.0, 1.0, 1.0])
+    with pytest.raises(InputImageError, match="not unit vectors"):
+        random_segmenter.segment(image, ABDOMEN)
 
 
 def test_constant_volume_is_refused(random_segmenter):

@@ -328,9 +328,12 @@ def test_input_check_says_what_is_wrong_for_the_tooltip(logic, sphere, mrml_scen
                                             nodeClassName="vtkMRMLLabelMapVolumeNode")
     assert "label map" in logic.checkInputVolume(labels)
     sheared = np.eye(3)
-    sheared[:, 2] = [0.0, 0.2, 1.0]
+    sheared[:, 2] = [0.0, 0.2, 1.0] / np.hypot(0.2, 1.0)  # unit axes, 11 degrees apart from perpendicular
     volume.SetIJKToRASDirections(sheared)
     assert "not perpendicular" in logic.checkInputVolume(volume)
+    with pytest.raises(InputImageError, match="not perpendicular"):  # refused before any worker starts
+        logic.segmentAsync(volume, ["CT/abdomen/liver"])
+    assert not logic.isBusy
 
 
 def test_dependencies_are_all_present_here(logic):

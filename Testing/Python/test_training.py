@@ -164,6 +164,15 @@ def test_a_run_folder_in_use_by_another_process_is_refused_until_it_ends(toy, tm
     assert train(tiny_config(toy, steps=2), run, device="cpu", progress=False).steps == 2
 
 
+def test_a_failed_run_releases_its_folder_even_while_its_traceback_is_kept(toy, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(toy, steps=2), run, device="cpu", progress=False)
+    with pytest.raises(RunFolderError, match="holds a different run") as failure:
+        train(tiny_config(toy, steps=2, learning_rate=0.002), run, device="cpu", progress=False)
+    assert failure.value.__traceback__ is not None  # as a console keeps it in sys.last_traceback
+    assert train(tiny_config(toy, steps=4), run, resume=True, device="cpu", progress=False).steps == 4
+
+
 # ------------------------------------------------------------------------------------- configs
 def config_dict(**changes) -> dict:
     values = {"name": "x", "datasets": [{"kind": "phantom", "cases": 1}]}
