@@ -54,6 +54,24 @@ def median_time(run: Callable[[], object], repeats: int, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
+def interleaved_median_times(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each run, timed in turns (a, b, c, a, b, c, ...).
+
+    A ratio of two medians taken one after the other carries any drift of the machine between
+    them (other tenants, clocks); measured in turns, both sides see the same drift.
+    """
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def ct_volume(shape_ijk: tuple[int, int, int], spacing: tuple[float, float, float]):
     """A CT-like volume of the given size: the bundled sample phantom resampled onto that grid."""
     from DuPLUSLib.imageio import VolumeImage, read_image
@@ -158,13 +176,16 @@ def item_conditioning(network, repeats) -> dict:
     context = torch.randn(config.text_dim)
     targets = torch.randn(10, config.text_dim)
     with torch.inference_mode():
-        duplus = median_time(lambda: network(x, "CT", context, targets), repeats)
-        unconditioned = median_time(lambda: plain.head(plain.forward_features(x, "CT", context), targets), repeats)
-        backbone_only = median_time(lambda: plain.forward_features(x, "CT", context), repeats)
-        monai = median_time(lambda: dynunet(x), repeats)
+        seconds = interleaved_median_times({
+            "duplus": lambda: network(x, "CT", context, targets),
+            "unconditioned": lambda: plain.head(plain.forward_features(x, "CT", context), targets),
+            "backbone_only": lambda: plain.forward_features(x, "CT", context),
+            "monai": lambda: dynunet(x),
+        }, rounds=3 * repeats)
+    duplus, backbone_only, monai = seconds["duplus"], seconds["backbone_only"], seconds["monai"]
     return {
-        "duplus_s": duplus, "same_net_no_context_s": unconditioned, "backbone_no_prompts_s": backbone_only,
-        "monai_dynunet_s": monai,
+        "duplus_s": duplus, "same_net_no_context_s": seconds["unconditioned"], "backbone_no_prompts_s": backbone_only,
+        "monai_dynunet_s": monai, "rounds": 3 * repeats,
         "ratio_vs_no_prompts": duplus / backbone_only, "ratio_vs_dynunet": duplus / monai,
         "goal": "<= 1.15 x the same network without prompts", "met": duplus / backbone_only <= 1.15,
     }
@@ -321,11 +342,13 @@ def markdown(results: dict) -> str:
         lines += ["", f"Goal {r['2']['goal']}: {'met' if r['2']['met'] else 'missed'}.", ""]
     if "3" in r:
         c = r["3"]
-        lines += ["## 3. Cost of conditioning (one model window, 10 prompts)", "", "| network | seconds |", "|---|---:|",
+        lines += ["## 3. Cost of conditioning (one model window, 10 prompts)", "",
+                  f"Medians of {c.get('rounds', results['repeats'])} rounds, the four networks timed in turns.", "",
+                  "| network | seconds |", "|---|---:|",
                   f"| DuPLUS (FiLM context + dynamic head) | {c['duplus_s']:.3f} |",
                   f"| same network, no context conditioning | {c['same_net_no_context_s']:.3f} |",
                   f"| same backbone, no prompts at all | {c['backbone_no_prompts_s']:.3f} |",
-                  f"| MONAI DynUNet, same filters, residual | {c['monai_dynunet_s']:.3f} |", "",
+                  f"| MONAI DynUNet, same filters, one residual block per level (ours: two in the encoder) | {c['monai_dynunet_s']:.3f} |", "",
                   f"DuPLUS / no prompts: {c['ratio_vs_no_prompts']:.2f}x; DuPLUS / DynUNet: {c['ratio_vs_dynunet']:.2f}x. "
                   f"Goal {c['goal']}: {'met' if c['met'] else 'missed'}.", ""]
     if "4" in r:
