@@ -151,7 +151,7 @@ def _run(
         model = network
     autocast = autocast_dtype(torch_device, opt.precision)
 
-    log = _MetricsLog(run_dir / "metrics.csv") if dist.main else None
+    log = _MetricsLog(run_dir / "metrics.csv", start_step) if dist.main else None
     bar = None
     if progress and dist.main:
         from tqdm import tqdm
@@ -371,13 +371,28 @@ def _save_model(folder, config: TrainingConfig, network_config, settings, encode
 
 
 class _MetricsLog:
-    def __init__(self, path: Path):
+    """``metrics.csv``: one row per logged step, ``seconds`` of training counted across resumes.
+
+    A run stopped between checkpoints has logged steps its checkpoint does not hold; a resume
+    trains them again, so their rows are dropped first and each step appears once.
+    """
+
+    HEADER = ["step", "loss", "dice_loss", "bce", "learning_rate", "seconds"]
+
+    def __init__(self, path: Path, resume_step: int = 0):
         self.path = path
-        if not path.exists():
+        self.seconds_before = 0.0
+        rows: list[list[str]] = []
+        if path.exists() and resume_step > 0:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= resume_step]
+            self.seconds_before = float(rows[-1][-1]) if rows else 0.0
+        if not path.exists() or resume_step > 0:
             with path.open("w", newline="", encoding="utf-8") as handle:
-                csv.writer(handle).writerow(["step", "loss", "dice_loss", "bce", "learning_rate", "seconds"])
+                csv.writer(handle).writerows([self.HEADER, *rows])
 
     def write(self, step: int, loss: float, parts: dict[str, float], lr: float, seconds: float) -> None:
+        seconds += self.seconds_before
         with self.path.open("a", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerow(
                 [step, f"{loss:.5f}", f"{parts['dice']:.5f}", f"{parts['bce']:.5f}", f"{lr:.6g}", f"{seconds:.1f}"]

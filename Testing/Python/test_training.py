@@ -103,6 +103,23 @@ def test_resume_continues_from_the_same_step(toy, tmp_path):
     assert json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))["step"] == 8
 
 
+def test_a_run_stopped_between_checkpoints_resumes_with_each_step_logged_once(toy, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(toy, steps=8, checkpoint_every=3)
+
+    def stop_after_step_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt  # Ctrl+C: steps 4 and 5 are logged but not in the step-3 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, device="cpu", progress=False, on_step=stop_after_step_5)
+    train(config, run, resume=True, device="cpu", progress=False)
+    assert read_metrics(run) == list(range(1, 9))
+    with (run / "metrics.csv").open(encoding="utf-8") as handle:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
+    assert seconds == sorted(seconds)  # training time counts on across the resume
+
+
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(toy, tmp_path):
     from safetensors.torch import load_file
 
