@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ def median_time(run: Callable[[], object], repeats: int, warmup: int = 1) -> flo
     return statistics.median(times)
 
 
-def interleaved_median_times(runs: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_median_times(runs: dict[Hashable, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[Hashable, float]:
     """Median seconds of each run, timed in turns (a, b, c, a, b, c, ...).
 
     A ratio of two medians taken one after the other carries any drift of the machine between
@@ -63,7 +63,7 @@ def interleaved_median_times(runs: dict[str, Callable[[], object]], rounds: int,
     for _ in range(warmup):
         for run in runs.values():
             run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[Hashable, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             start = time.perf_counter()
@@ -142,13 +142,15 @@ def item_prompts(network, repeats) -> dict:
     size = network_patch(network)
     x = torch.randn(1, 1, *size)
     context = torch.randn(network.config.text_dim)
-    rows = []
+    prompts = {n: torch.randn(n, network.config.text_dim) for n in (1, 5, 20)}
     with torch.inference_mode():
-        for n in (1, 5, 20):
-            targets = torch.randn(n, network.config.text_dim)
-            joint = median_time(lambda: network(x, "CT", context, targets), repeats)
+        joint = interleaved_median_times(
+            {n: (lambda targets=targets: network(x, "CT", context, targets)) for n, targets in prompts.items()},
+            rounds=3 * repeats)
+        rows = []
+        for n, targets in prompts.items():
             separate = median_time(lambda: [network(x, "CT", context, targets[i:i + 1]) for i in range(n)], max(1, repeats // 2))
-            rows.append({"prompts": n, "one_pass_s": joint, "separate_passes_s": separate})
+            rows.append({"prompts": n, "one_pass_s": joint[n], "separate_passes_s": separate})
     one = rows[0]["one_pass_s"]
     for row in rows:
         row["vs_one_prompt"] = row["one_pass_s"] / one
