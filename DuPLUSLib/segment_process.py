@@ -34,7 +34,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from . import errors
 from .errors import DuPLUSError
 
 __all__ = [
@@ -123,10 +122,28 @@ def error_from_event(event: dict[str, Any]) -> DuPLUSError:
     """The library exception an ``error`` event names, with the worker's message."""
     name = str(event.get("error") or "WorkerError")
     message = str(event.get("message") or "the worker reported an error without a message")
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, DuPLUSError):
-        return cls(message)
+    cls = _library_error_class(name)
+    if cls is not None:
+        try:
+            return cls(message)
+        except TypeError:  # a class that needs more than its message to be built
+            pass
     return WorkerError(f"{name}: {message}")
+
+
+def _library_error_class(name: str) -> type[DuPLUSError] | None:
+    """The :class:`DuPLUSError` subclass called ``name`` (engine, training or prognosis), if any.
+
+    Subclasses are found by walking the hierarchy, so an error defined beside the code that raises
+    it (``EHRValidationError``, ``DatasetError``) keeps its class across the process boundary.
+    """
+    pending = [DuPLUSError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None
 
 
 # ------------------------------------------------------------------------------ one process

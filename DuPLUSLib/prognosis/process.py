@@ -20,6 +20,9 @@ from typing import Any
 
 from ..errors import CancelledError, DuPLUSError
 from ..segment_process import WorkerError, WorkerProcess, default_python, error_from_event, worker_environment
+from .cohort import CohortError  # noqa: F401  imported so that error_from_event knows the classes
+from .ehr import EHRValidationError  # noqa: F401  the prediction process may report
+from .image_features import NoTumourError  # noqa: F401
 
 __all__ = ["PredictionState", "PredictionRun", "predict_command"]
 

@@ -6,7 +6,8 @@ import sys
 import psutil
 import pytest
 
-from DuPLUSLib.errors import CancelledError, DuPLUSError
+from DuPLUSLib.errors import CancelledError
+from DuPLUSLib.prognosis.ehr import EHRValidationError
 from DuPLUSLib.prognosis.process import PredictionRun, PredictionState, predict_command
 
 
@@ -28,9 +29,9 @@ def test_a_background_prediction_returns_the_readout(tmp_path):
     assert (tmp_path / "report.json").is_file() and (tmp_path / "km.png").is_file()
 
 
-def test_an_error_in_the_process_reaches_the_caller_with_its_message(tmp_path):
+def test_an_error_in_the_process_reaches_the_caller_with_its_class_and_message(tmp_path):
     run = PredictionRun.start(tmp_path, {"age": 58, "stage": "VII"}, python=sys.executable, env=_env(), threads=1)
-    with pytest.raises(DuPLUSError, match="unknown overall stage 'VII'"):
+    with pytest.raises(EHRValidationError, match="unknown overall stage 'VII'"):
         run.wait(timeout_s=120)
     assert run.state is PredictionState.FAILED and not (tmp_path / "report.json").exists()
 

@@ -404,3 +404,15 @@ def test_segmentation_masks_are_not_empty_for_a_confident_model(runner, input_pa
     report = json.loads(Path(done["report"]).read_text(encoding="utf-8"))
     assert [s["structure"] for s in report["segments"]] == ["liver", "spleen"]
     assert np.isfinite([s["volume_ml"] for s in report["segments"]]).all()
+
+
+def test_an_error_event_becomes_the_library_exception_it_names_wherever_that_is_defined():
+    from DuPLUSLib.errors import UnknownPromptError
+    from DuPLUSLib.segment_process import WorkerError, error_from_event
+    from DuPLUSLib.training.decathlon import DatasetError
+
+    assert isinstance(error_from_event({"error": "UnknownPromptError", "message": "m"}), UnknownPromptError)
+    dataset = error_from_event({"error": "DatasetError", "message": "dataset.json names imagesTr/x.nii.gz"})
+    assert type(dataset) is DatasetError and str(dataset) == "dataset.json names imagesTr/x.nii.gz"
+    foreign = error_from_event({"error": "KeyError", "message": "'spacing'"})  # not a library error
+    assert type(foreign) is WorkerError and str(foreign) == "KeyError: 'spacing'"
