@@ -391,6 +391,8 @@ def main() -> int:
     parser.add_argument("--big-repeats", type=int, default=1,
                         help="runs of the 512 x 512 x 300 case (minutes each on 2 cores)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="re-measure only the --only items and keep the others of an existing --output")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -403,6 +405,11 @@ def main() -> int:
     network = bundle.network.eval()
     WINDOW[0] = tuple(bundle.config.inference.patch_size)
     results = {"machine": machine(), "model": args.model or "bundled default", "repeats": repeats, "items": {}}
+    if args.update and Path(args.output).exists():
+        earlier = json.loads(Path(args.output).read_text(encoding="utf-8"))
+        if (earlier["machine"], earlier["model"]) != (results["machine"], results["model"]):
+            raise SystemExit(f"{args.output} was measured on another machine or model; run every item instead")
+        results["items"] = earlier["items"]
     print(json.dumps(results["machine"]))
     steps = {
         "1": lambda: item_sizes(args.model, repeats, args.quick, args.big_repeats),
