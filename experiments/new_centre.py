@@ -13,9 +13,8 @@ The goal in the issue: LoRA recovers at least 90 % of full fine-tuning's gain wi
 the parameters trainable; ``gain_recovered`` = (lora - base) / (full - base) in mean Dice.
 Writes ``OUT/new_centre.json`` and ``OUT/new_centre.md`` and prints the table.
 
-    python experiments/new_centre.py -o runs/new_centre --model DuPLUSLib/resources/models/default
-    python experiments/new_centre.py -o /tmp/nc --base-cases 2 --base-steps 30 --steps 10 --cases 2 --eval-seeds 3000-3001 \\
-        --spacing 6 --patch 32                                                # a smoke run (minutes)
+    python experiments/new_centre.py -o runs/new_centre       # the shipped default model as the base
+    python experiments/new_centre.py -o /tmp/nc --steps 10 --cases 2 --eval-seeds 3000-3001 --spacing 6   # a smoke run
 """
 
 from __future__ import annotations
