@@ -123,18 +123,58 @@ def run_arm(name: str, change: dict, values: dict, output: Path, evaluation: Dat
     }
 
 
+def paired_difference(report: dict, reference: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean Dice difference to the reference arm over the same (case, structure) pairs, with a 95 %
+    bootstrap interval that resamples whole cases within each context: the structures of one case
+    are not independent, and every resample keeps the contexts' mix of structures."""
+    import numpy as np
+
+    reference_cases = {case["name"]: case["structures"] for case in reference["cases"]}
+    per_case, contexts = [], {}
+    for case in report["cases"]:
+        theirs = reference_cases[case["name"]]
+        contexts.setdefault((case["modality"], case["region"]), []).append(len(per_case))
+        per_case.append(np.array([mine["dice"] - theirs[name]["dice"] for name, mine in case["structures"].items()]))
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = [per_case[i] for members in contexts.values() for i in rng.choice(members, size=len(members))]
+        means.append(float(np.mean(np.concatenate(drawn))))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(np.mean(np.concatenate(per_case))), "ci95": [float(low), float(high)],
+            "pairs": int(sum(len(c) for c in per_case)), "cases": len(per_case)}
+
+
+def add_differences(rows: list[dict], reference_arm: str = "dual") -> None:
+    """Each row's ``vs_<reference_arm>``: its paired Dice difference to that arm."""
+    reports = {row["arm"]: json.loads(Path(row["report"]).read_text(encoding="utf-8")) for row in rows}
+    if reference_arm not in reports:
+        return
+    for row in rows:
+        if row["arm"] != reference_arm:
+            row[f"vs_{reference_arm}"] = paired_difference(reports[row["arm"]], reports[reference_arm])
+
+
 def markdown_table(rows: list[dict]) -> str:
     modalities = sorted({m for row in rows for m in row["dice_by_modality"]})
     header = ["arm", "context prompt", "prompt code", "parameters", "steps", "train s", "mean Dice",
-              *[f"Dice {m}" for m in modalities], "HD95 mm"]
+              "vs dual (95% CI)", *[f"Dice {m}" for m in modalities], "HD95 mm"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["arm"], "FiLM" if row["conditioning"] == "film" else row["conditioning"], row["code"],
                  f"{row['parameters']:,}", str(row["steps"]), f"{row['train_seconds']:.0f}",
-                 _fmt(row["mean_structure_dice"]), *[_fmt(row["dice_by_modality"].get(m)) for m in modalities],
+                 _fmt(row["mean_structure_dice"]), _difference(row.get("vs_dual")),
+                 *[_fmt(row["dice_by_modality"].get(m)) for m in modalities],
                  _fmt(row["hd95_mean_mm"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _difference(value: dict | None) -> str:
+    if value is None:
+        return "-"
+    low, high = value["ci95"]
+    return f"{value['mean']:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -156,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if row is None:
             return 0
         rows.append(row)
+    add_differences(rows)
     result = {"experiment": "ablation", "config": args.config, "training": values,
               "evaluation": evaluation.describe(), "arms": rows}
     (output / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
