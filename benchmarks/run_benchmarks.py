@@ -339,7 +339,9 @@ def markdown(results: dict) -> str:
         lines += [f"| {row['shape']} | {row['voxels']:,} | {row['seconds']:.1f} | {row['peak_rss_gb']:.2f} |" for row in r["1"]["rows"]]
         lines += ["", f"Slope: {r['1']['seconds_per_megavoxel']:.2f} s per million input voxels.", ""]
     if "2" in r:
-        lines += ["## 2. Prompts per backbone pass (one model window)", "", "| prompts | one pass s | separate passes s | vs one prompt |", "|---:|---:|---:|---:|"]
+        lines += ["## 2. Prompts per backbone pass (one model window)", "",
+                  "The one-pass times of 1, 5 and 20 prompts are timed in turns.", "",
+                  "| prompts | one pass s | separate passes s | vs one prompt |", "|---:|---:|---:|---:|"]
         lines += [f"| {row['prompts']} | {row['one_pass_s']:.3f} | {row['separate_passes_s']:.3f} | {row['vs_one_prompt']:.2f}x |" for row in r["2"]["rows"]]
         lines += ["", f"Goal {r['2']['goal']}: {'met' if r['2']['met'] else 'missed'}.", ""]
     if "3" in r:
