@@ -27,6 +27,7 @@ PLUGGED_COMMANDS = {
     "finetune": "DuPLUSLib.training.finetune",
     "evaluate": "DuPLUSLib.training.evaluate",
     "prognosis": "DuPLUSLib.prognosis.cli",
+    "data": "DuPLUSLib.datasets.cli",
 }
 
 
