@@ -46,7 +46,9 @@ class DatasetSpec:
     """One source of training cases.
 
     ``kind``: ``phantom`` (procedural, every listed context), ``mni152`` (the real MNI152 brain,
-    augmented), or ``decathlon`` (a Medical Segmentation Decathlon folder with a label mapping).
+    augmented), ``decathlon`` (a Medical Segmentation Decathlon folder with a label mapping, its
+    images used as they are), or ``synth`` (images synthesised from label maps, for each of
+    ``modalities``: the label maps of a Decathlon folder with its mapping, or ``source: mni152``).
     """
 
     kind: str
@@ -57,12 +59,22 @@ class DatasetSpec:
     path: str | None = None
     mapping: str | None = None
     domain_shift: dict[str, float] | None = None  # phantoms only: a "new centre"
+    modalities: list[str] | None = None  # synth only: the modalities to synthesise (default: CT, MRI, PET, US)
+    source: str | None = None  # synth only: "mni152" instead of a Decathlon folder
 
     def __post_init__(self) -> None:
-        if self.kind not in ("phantom", "mni152", "decathlon"):
-            raise ConfigError(f"dataset kind must be phantom, mni152 or decathlon, not '{self.kind}'")
+        if self.kind not in ("phantom", "mni152", "decathlon", "synth"):
+            raise ConfigError(f"dataset kind must be phantom, mni152, decathlon or synth, not '{self.kind}'")
         if self.kind == "decathlon" and not (self.path and self.mapping):
             raise ConfigError("a decathlon dataset needs 'path' (the dataset folder) and 'mapping' (JSON)")
+        if self.kind == "synth":
+            if self.source not in (None, "mni152"):
+                raise ConfigError(f"a synth dataset's source must be mni152 or left out, not '{self.source}'")
+            if self.source is None and not (self.path and self.mapping):
+                raise ConfigError("a synth dataset needs 'path' and 'mapping' (a Decathlon folder), or 'source: mni152'")
+            unknown = set(self.modalities or []) - {"CT", "MRI", "PET", "US"}
+            if unknown:
+                raise ConfigError(f"synth modalities must be among CT, MRI, PET, US; not {', '.join(sorted(unknown))}")
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 

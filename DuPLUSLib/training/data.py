@@ -104,6 +104,7 @@ class CaseSpec:
     path: str | None = None
     mapping: str | None = None
     domain_shift: tuple[tuple[str, float], ...] = ()
+    entry: int = 0  # synth: which case of the Decathlon folder gives the label map
 
 
 def case_specs(datasets: Sequence[DatasetSpec], seed: int, ontology: Ontology | None = None) -> list[CaseSpec]:
@@ -124,6 +125,10 @@ def case_specs(datasets: Sequence[DatasetSpec], seed: int, ontology: Ontology | 
             for case in range(dataset.cases):
                 case_seed = seed * 100_003 + dataset.seed_offset + case
                 specs.append(CaseSpec(f"d{index}-mni152-{case_seed}", index, "mni152", "MRI", "brain", case_seed))
+        elif dataset.kind == "synth":
+            from .synthetic import synthetic_case_specs
+
+            specs.extend(synthetic_case_specs(dataset, index, seed, ontology))
         else:
             from .decathlon import decathlon_case_specs
 
@@ -153,6 +158,10 @@ def _build_one(spec: CaseSpec, spacing: tuple[float, ...], normalisation: dict[s
             kwargs["domain"] = DomainShift(**dict(spec.domain_shift))
         phantom = generate_phantom(spec.modality, spec.region, spec.seed, **kwargs)
         image, labels = phantom.image, phantom.labels
+    elif spec.kind == "synth":
+        from .synthetic import load_synthetic_case
+
+        image, labels = load_synthetic_case(spec)
     elif spec.kind == "mni152":
         from ..phantoms import mni152_case
 

@@ -1,0 +1,125 @@
+"""Random geometry for synthesis: smooth deformation, scaling, organ size changes, field-of-view crops.
+
+Everything acts on the label map alone (nearest-neighbour), before any intensity exists, so the
+image painted afterwards and its masks line up by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..imageio import VolumeImage
+
+__all__ = ["SpatialSettings", "deform_labels", "grow_or_shrink_labels", "crop_field_of_view"]
+
+
+@dataclass(frozen=True)
+class SpatialSettings:
+    scale: float = 0.12  # relative, per axis
+    rotation_degrees: float = 10.0
+    displacement_mm: float = 8.0  # amplitude of the smooth non-linear deformation
+    control_spacing_mm: float = 60.0  # spacing of its control points
+    organ_resize_probability: float = 0.3  # per annotated label: grow or shrink by a voxel
+    slab_probability: float = 0.25  # a thin slab instead of the whole scan
+    slab_mm: tuple[float, float] = (40.0, 100.0)
+    partial_probability: float = 0.5  # otherwise, keep a random 50-100 % of the scan's length
+
+
+def deform_labels(labels: VolumeImage, rng: np.random.Generator, settings: SpatialSettings, fill: int) -> VolumeImage:
+    """The label map under a random affine (about the centre) and smooth displacement field."""
+    shape = np.array(labels.array.shape)  # k, j, i
+    spacing = np.array(labels.spacing)[::-1]  # mm per k, j, i
+    centre = (shape - 1) / 2
+    angles = np.radians(rng.uniform(-settings.rotation_degrees, settings.rotation_degrees, 3))
+    rotation = _rotation(angles)
+    scales = 1 + rng.uniform(-settings.scale, settings.scale, 3)
+    # output voxel (mm about the centre) -> input mm: x_in = R S^-1 x_out
+    matrix_mm = rotation @ np.diag(1 / scales)
+    matrix = np.diag(1 / spacing) @ matrix_mm @ np.diag(spacing)
+    offset = centre - matrix @ centre
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    coordinates = (matrix @ grid) + offset[:, None]
+    coordinates = coordinates.reshape(3, *shape)
+    coordinates += _smooth_displacement(shape, spacing, rng, settings)
+    out = ndimage.map_coordinates(labels.array, coordinates, order=0, mode="constant", cval=fill)
+    return labels.with_array(out.astype(labels.array.dtype))
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _smooth_displacement(shape, spacing, rng: np.random.Generator, settings: SpatialSettings) -> np.ndarray:
+    """A displacement in voxels, smooth over ``control_spacing_mm``: random vectors on a coarse grid,
+    upsampled with cubic splines."""
+    extent = shape * spacing
+    nodes = np.maximum(np.ceil(extent / settings.control_spacing_mm).astype(int) + 1, 2)
+    fields = []
+    for axis in range(3):
+        coarse = rng.normal(0, settings.displacement_mm / 2, size=tuple(nodes)) / spacing[axis]
+        zoom = [s / n for s, n in zip(shape, nodes)]
+        fine = ndimage.zoom(coarse, zoom, order=3, mode="nearest")
+        fields.append(fine[: shape[0], : shape[1], : shape[2]])
+    return np.stack(fields).astype(np.float32)
+
+
+def grow_or_shrink_labels(
+    labels: np.ndarray, annotated: list[int], background: set[int], rng: np.random.Generator, probability: float
+) -> np.ndarray:
+    """Organ-wise size changes: some annotated labels grow by one voxel into surrounding background
+    tissue, others shrink by one voxel and give it to the background tissue around them."""
+    out = labels.copy()
+    is_background = np.isin(out, list(background))
+    for value in annotated:
+        if rng.random() >= probability:
+            continue
+        mask = out == value
+        if not mask.any():
+            continue
+        if rng.random() < 0.5:
+            grown = ndimage.binary_dilation(mask) & is_background
+            out[grown] = value
+            is_background &= ~grown
+        else:
+            rim = mask & ~ndimage.binary_erosion(mask)
+            if rim.sum() >= mask.sum() * 0.6:  # too thin to shrink without vanishing
+                continue
+            neighbour = ndimage.grey_dilation(np.where(is_background, out, 0), size=3)
+            take = rim & (neighbour > 0)
+            out[take] = neighbour[take]
+    return out
+
+
+def crop_field_of_view(
+    labels: VolumeImage, focus: np.ndarray, rng: np.random.Generator, settings: SpatialSettings
+) -> VolumeImage:
+    """A random part of the scan along its slice axis (k), around a point of ``focus``: the whole
+    scan, a partial coverage, or a thin slab; the geometry follows the crop."""
+    depth = labels.array.shape[0]
+    slice_mm = labels.spacing[2]
+    draw = rng.random()
+    if draw < settings.slab_probability:
+        length = int(round(rng.uniform(*settings.slab_mm) / slice_mm))
+    elif draw < settings.slab_probability + settings.partial_probability:
+        length = int(round(depth * rng.uniform(0.5, 1.0)))
+    else:
+        return labels
+    length = int(np.clip(length, 4, depth))
+    hits = np.flatnonzero(focus.any(axis=(1, 2)))
+    centre = int(rng.choice(hits)) if hits.size else depth // 2
+    start = int(np.clip(centre - length // 2, 0, depth - length))
+    return crop(labels, (slice(start, start + length), slice(None), slice(None)))
+
+
+def crop(image: VolumeImage, region: tuple[slice, slice, slice]) -> VolumeImage:
+    """``image[region]`` with its origin moved to the first kept voxel."""
+    first = np.array([region[2].start or 0, region[1].start or 0, region[0].start or 0, 1.0])
+    origin = (image.ijk_to_lps @ first)[:3]
+    return VolumeImage(image.array[region].copy(), image.spacing, tuple(origin), image.direction)

@@ -1,0 +1,76 @@
+"""Training cases synthesised from label maps (``kind: synth`` in a training config).
+
+The recipes are made here in the main process, where a wrong path or a modality without any
+structure of the mapping fails at once; each worker process then loads its label map once
+(cached) and synthesises its cases from it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..imageio import VolumeImage
+from ..ontology import Ontology
+from ..synthesis import SourceLabelMap, label_map_from_mni152, label_map_from_real_ct, synthesise
+from .config import ConfigError, DatasetSpec
+from .data import CaseSpec
+
+__all__ = ["synthetic_case_specs", "load_synthetic_case"]
+
+DEFAULT_MODALITIES = ("CT", "MRI", "PET", "US")
+
+
+def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: Ontology) -> list[CaseSpec]:
+    """``dataset.cases`` recipes per label map and modality."""
+    modalities = list(dataset.modalities or DEFAULT_MODALITIES)
+    if dataset.source == "mni152":
+        sources = [("mni152", "brain", None, None, 0, ["brain", "grey_matter", "white_matter"])]
+    else:
+        from .decathlon import load_mapping, read_dataset_json
+
+        mapping = load_mapping(dataset.mapping, ontology)  # type: ignore[arg-type]
+        entries = read_dataset_json(dataset.path)  # type: ignore[arg-type]
+        sources = [(entry.name, mapping.region, str(Path(dataset.path).resolve()),  # type: ignore[arg-type]
+                    str(Path(dataset.mapping).resolve()), entry.index, list(mapping.structures))  # type: ignore[arg-type]
+                   for entry in entries]
+    specs = []
+    for name, region, path, mapping_path, entry, structures in sources:
+        for modality in modalities:
+            if region not in ontology.regions_of(modality) or not set(structures) & set(ontology.structures_of(modality, region)):
+                raise ConfigError(
+                    f"synth dataset {index} ({name}): no structure it annotates is a prompt of {modality} {region}; "
+                    "drop that modality from 'modalities'"
+                )
+            for case in range(dataset.cases):
+                case_seed = seed * 100_003 + dataset.seed_offset + case
+                specs.append(CaseSpec(f"d{index}-synth-{name}-{modality}-{case_seed}", index, "synth", modality,
+                                      region, case_seed, path=path, mapping=mapping_path, entry=entry))
+    return specs
+
+
+def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarray]]:
+    """The synthesised image and the masks of the structures its modality and region prompt for."""
+    from ..ontology import load_ontology
+
+    source = _source(spec.path, spec.mapping, spec.entry)
+    wanted = set(load_ontology().structures_of(spec.modality, spec.region))
+    structures = [key for key in source.structures if key in wanted]
+    return synthesise(source, spec.modality, spec.seed, structures)
+
+
+@lru_cache(maxsize=4)
+def _source(path: str | None, mapping_path: str | None, entry: int) -> SourceLabelMap:
+    if path is None:
+        return label_map_from_mni152()
+    from .decathlon import load_entry, load_mapping, read_dataset_json
+
+    mapping = load_mapping(mapping_path)  # type: ignore[arg-type]
+    item = read_dataset_json(path)[entry]
+    image, _ = load_entry(item, mapping)  # checks geometry and that every value is mapped
+    from .decathlon import _read_volume
+
+    labels = _read_volume(item.label, None, "label").array
+    return label_map_from_real_ct(item.name, image, labels, mapping.structures, mapping.region)
