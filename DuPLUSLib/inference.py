@@ -242,7 +242,10 @@ class Segmenter:
             predictor=predict,
             overlap=self.overlap,
             mode="gaussian",
-            padding_mode="replicate",
+            # Windows that reach past the scan see what lies outside a body (air in CT, no signal
+            # in MRI, PET and ultrasound), as the training patches do, not repeated edge slices.
+            padding_mode="constant",
+            cval=float(array.min()),
         )
         return [channel.cpu().numpy() for channel in output[0]]
 
