@@ -68,10 +68,10 @@ class NetworkConfig:
 
 
 class ContextConditioning(nn.Module):
-    """Turns the context-prompt embedding into a per-channel modulation of one block's features.
+    """Normalises one block's features and modulates them per channel by the context prompt.
 
-    Starts as the identity (last layer zero-initialised), so an untrained conditioning path leaves
-    the backbone as a plain residual U-Net.
+    Starts as the identity modulation (last layer zero-initialised), so an untrained conditioning
+    path leaves the backbone as a plain residual U-Net.
     """
 
     def __init__(self, text_dim: int, channels: int, hidden: int, mode: str):
@@ -82,33 +82,28 @@ class ContextConditioning(nn.Module):
         nn.init.zeros_(self.generator[-1].weight)
         nn.init.zeros_(self.generator[-1].bias)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        params = self.generator(context).to(x.dtype)[:, :, None, None, None]
-        if self.mode == "film":
-            gamma, beta = params.chunk(2, dim=1)
-            return x * (1 + gamma) + beta
-        weight, bias = params[:, :-1], params[:, -1:]
-        gate = torch.sigmoid((x * weight).sum(1, keepdim=True) + bias)
-        return x * (2 * gate)  # 2 * sigmoid(0) = 1: identity at start
+    def forward(self, x: torch.Tensor, norm: nn.InstanceNorm3d, context: torch.Tensor) -> torch.Tensor:
+        """``modulate(norm(x))``: FiLM ``* (1 + gamma) + beta`` or a text-generated sigmoid gate.
 
-    def normalise_and_modulate(self, x: torch.Tensor, norm: nn.InstanceNorm3d, context: torch.Tensor) -> torch.Tensor:
-        """``self(norm(x), context)``; for FiLM in one pass over ``x``, for the gate in the usual two.
-
-        FiLM after an affine instance norm is itself an affine map per (sample, channel), so it folds
-        into the norm's weight and bias: the conditioned network then reads and writes its feature
-        maps no more often than the unconditioned one (a separate FiLM costs two more passes per block).
+        FiLM after an affine instance norm is itself an affine map per (sample, channel), so it is
+        folded into the norm's weight and bias: one pass over the features, as in an unconditioned
+        block, instead of three.
         """
-        if self.mode != "film":
-            return self(norm(x), context)
-        gamma, beta = self.generator(context).to(x.dtype).chunk(2, dim=1)  # [B, C] each
-        scale = 1 + gamma
-        weight = norm.weight * scale if norm.weight is not None else scale
-        bias = norm.bias * scale + beta if norm.bias is not None else beta
-        batch, channels = x.shape[:2]
-        # instance norm of [B, C, ...] is batch norm of [1, B*C, ...] with input statistics
-        out = F.batch_norm(x.reshape(1, batch * channels, *x.shape[2:]), None, None, weight.reshape(-1),
-                           bias.reshape(-1), training=True, eps=norm.eps)
-        return out.view_as(x)
+        params = self.generator(context).to(x.dtype)
+        if self.mode == "film":
+            gamma, beta = params.chunk(2, dim=1)  # [B, C] each
+            scale = 1 + gamma
+            batch, channels = x.shape[:2]
+            # instance norm of [B, C, ...] is batch norm of [1, B*C, ...] with input statistics
+            out = F.batch_norm(x.reshape(1, batch * channels, *x.shape[2:]), None, None,
+                               (norm.weight * scale).reshape(-1), (norm.bias * scale + beta).reshape(-1),
+                               training=True, eps=norm.eps)
+            return out.view_as(x)
+        h = norm(x)
+        params = params[:, :, None, None, None]
+        weight, bias = params[:, :-1], params[:, -1:]
+        gate = torch.sigmoid((h * weight).sum(1, keepdim=True) + bias)
+        return h * (2 * gate)  # 2 * sigmoid(0) = 1: identity at start
 
 
 class ResidualBlock(nn.Module):
@@ -126,10 +121,7 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        if self.conditioning is None:
-            h = self.norm1(x)
-        else:
-            h = self.conditioning.normalise_and_modulate(x, self.norm1, context)
+        h = self.norm1(x) if self.conditioning is None else self.conditioning(x, self.norm1, context)
         h = self.conv1(F.elu(h))
         h = self.conv2(F.elu(self.norm2(h)))
         return h + self.skip(x)
