@@ -24,6 +24,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     get.add_argument("--find-links", help="a local folder holding the archive, instead of the package index")
     get.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     get.set_defaults(run=_run_get)
+    _register_convert(verbs)
+
+
+def _register_convert(verbs) -> None:
+    from .layouts import LAYOUTS
+
+    convert = verbs.add_parser(
+        "convert", help="convert a downloaded public dataset (its own layout) into Decathlon folders + mapping files",
+        description="Layouts: " + "; ".join(f"{name}: {text}" for name, (_, text) in LAYOUTS.items()))
+    convert.add_argument("source", help="the dataset folder as its authors ship it")
+    convert.add_argument("--layout", required=True, choices=list(LAYOUTS), help="the source's layout")
+    convert.add_argument("-o", "--output", required=True,
+                         help="the folder to create: one Decathlon folder per image kind (ct/, mr/, pet/...)")
+    convert.add_argument("--splits", help="comma-separated: totalsegmentator train,val,test or all (meta.csv); "
+                                          "amos train,val (imagesTr, imagesVa). Default: train")
+    convert.add_argument("--symlink", action="store_true",
+                         help="link images that need no change instead of copying them (the source must stay)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    convert.set_defaults(run=_run_convert)
 
 
 def _run_list(args: argparse.Namespace) -> int:
@@ -45,4 +64,23 @@ def _run_get(args: argparse.Namespace) -> int:
 
     folder = get_dataset(args.name, args.output, args.cache, args.find_links, args.overwrite)
     print(json.dumps({"dataset": args.name, "folder": str(folder)}))
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .layouts import ConvertOptions, convert_dataset
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip()) if args.splits else None
+    report = convert_dataset(args.layout, args.source, args.output,
+                             ConvertOptions(splits=splits, symlink=args.symlink), overwrite=args.overwrite)
+    output = Path(args.output)
+    print(json.dumps({
+        "layout": args.layout,
+        "folder": str(output),
+        "parts": {name: {"path": str(output / part["folder"]), "cases": part["cases"],
+                         "mappings": [str(output / part["folder"] / m) for m in part["mappings"]]}
+                  for name, part in report.parts.items()},
+        "notes": report.notes,
+        "licence": report.licence,
+    }, indent=1))
     return 0
