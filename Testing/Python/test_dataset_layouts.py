@@ -494,3 +494,42 @@ def test_each_recipe_loads_and_names_its_commands(recipe):
     for dataset in config.datasets:  # ready mapping files that ship with the package exist
         if dataset.mapping and "DuPLUSLib/resources" in dataset.mapping:
             assert (REPOSITORY / dataset.mapping).is_file(), dataset.mapping
+
+
+def _documents_written_by_the_conversions() -> dict[str, dict[str, dict]]:
+    """'data/<folder>/<part>' as the recipes name it -> the mapping documents its conversion writes."""
+    from DuPLUSLib.datasets.layouts import amos, brats, btcv, chaos, hecktor, kits, lits, totalsegmentator
+
+    parts = {
+        "data/totalsegmentator/ct": totalsegmentator.mappings(),
+        "data/amos/ct": amos.mappings("CT"), "data/amos/mr": amos.mappings("MRI"),
+        "data/btcv/ct": btcv.mappings(), "data/kits/ct": kits.mappings(), "data/lits/ct": lits.mappings(),
+        "data/chaos/ct": chaos.mappings("CT"),
+        "data/hecktor/ct": hecktor.mappings("CT"), "data/hecktor/pet": hecktor.mappings("PET"),
+    }
+    parts.update({f"data/chaos/{part}": chaos.mappings("MRI") for part in chaos.MR_PARTS})
+    parts.update({f"data/brats/{part}": brats.mappings(part, (1, 2, 4)) for part in ("t1", "t1ce", "t2", "flair")})
+    for task, (part, _, _, _) in TASKS.items():
+        parts[f"data/msd/{task}/{part}"] = {p.name: json.loads(p.read_text()) for p in mapping_files(task)}
+    return parts
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_each_recipe_names_mapping_files_its_conversions_write_and_synthesis_can_use(recipe, tmp_path):
+    from DuPLUSLib.ontology import load_ontology
+    from DuPLUSLib.training.config import load_config
+
+    ontology = load_ontology()
+    written = _documents_written_by_the_conversions()
+    for index, dataset in enumerate(load_config(recipe).datasets):
+        if not dataset.mapping:
+            continue
+        folder, name = dataset.mapping.rsplit("/", 1)
+        assert folder == dataset.path, f"datasets[{index}]: the mapping lies in another folder than the data"
+        assert folder in written and name in written[folder], f"datasets[{index}]: no conversion writes {dataset.mapping}"
+        path = tmp_path / f"{index}-{name}"
+        path.write_text(json.dumps(written[folder][name]))
+        mapping = load_mapping(path, ontology)
+        for modality in dataset.modalities or []:  # what synthetic_case_specs checks once the data exist
+            assert mapping.region in ontology.regions_of(modality), (index, modality)
+            assert set(mapping.structures) & set(ontology.structures_of(modality, mapping.region)), (index, modality)
