@@ -33,8 +33,8 @@ AMOS_LABELS: dict[int, tuple[str, str | None]] = {
     15: ("prostate/uterus", None),
 }
 MR_FIRST_ID = 500
-LICENCE = ("AMOS22: CC BY 4.0 (Ji et al., NeurIPS 2022 Datasets and Benchmarks, zenodo.org/records/7262581); "
-           "keep the attribution")
+LICENCE = ("AMOS22: the terms of the AMOS22 release (zenodo.org/records/7262581, amos22.grand-challenge.org); "
+           "cite Ji et al., NeurIPS 2022 Datasets and Benchmarks; check them before sharing data or weights")
 
 
 def _names_match(found: str, expected: str) -> bool:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .common import ConversionReport, ConvertOptions, LayoutError, PartWriter, mapping_document, natural_sorted, nifti_stem
 
-LICENCE = ("LiTS: CC BY-NC-SA 4.0 (Bilic et al., Medical Image Analysis 2023); non-commercial, "
-           "share alike: a model trained on it inherits these terms")
+LICENCE = ("LiTS: the non-commercial, share-alike terms of the challenge release (Bilic et al., Medical Image "
+           "Analysis 2023); check them: a model trained on it inherits them")
 
 
 def mappings() -> dict[str, dict]:
