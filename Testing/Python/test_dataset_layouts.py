@@ -9,6 +9,7 @@ does not fit its labels fails here.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,10 @@ def test_amos_splits_ct_and_mr_by_case_id_with_one_mapping_per_context(tmp_path)
     assert 15 in mapping.ignore and 14 in mapping.ignore  # prostate/uterus and the pelvic bladder: said so
     both, report = convert("amos", tmp_path / "amos", tmp_path / "v", splits=("train", "val"))
     assert report.parts["ct"]["cases"] == 2
+    repackaged = {name.replace("arota", "aorta").replace("postcava", "inferior vena cava"): int(value)
+                  for value, name in AMOS_TABLE.items()}  # an nnU-Net v2 copy: name -> value, spelling fixed
+    (tmp_path / "amos" / "dataset.json").write_text(json.dumps({"labels": repackaged}))
+    convert("amos", tmp_path / "amos", tmp_path / "n")
 
 
 def test_amos_refuses_another_label_table_and_a_value_the_mapping_does_not_name(tmp_path):
@@ -457,6 +462,9 @@ def test_symlink_links_unchanged_images_instead_of_copying(tmp_path):
     image = output / "ct" / "imagesTr" / "amos_0001.nii.gz"
     assert image.is_symlink() and image.resolve() == (tmp_path / "amos" / "imagesTr" / "amos_0001.nii.gz").resolve()
     assert not (output / "ct" / "labelsTr" / "amos_0001.nii.gz").is_symlink()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert output.stat().st_mode & 0o777 == 0o777 & ~umask  # not the staging folder's private 0700
 
 
 def test_the_duplus_data_convert_command(tmp_path, capsys):

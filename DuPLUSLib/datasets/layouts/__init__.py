@@ -71,6 +71,9 @@ def convert_dataset(layout: str, source: str | os.PathLike[str], output: str | o
     options = options or ConvertOptions()
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}-converting-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the dataset from the other users of a GPU box
     try:
         report = _load(LAYOUTS[layout][0])(source, staging, options)
         report.layout, report.source = layout, str(source.resolve())

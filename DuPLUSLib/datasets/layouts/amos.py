@@ -37,9 +37,17 @@ LICENCE = ("AMOS22: the terms of the AMOS22 release (zenodo.org/records/7262581,
            "cite Ji et al., NeurIPS 2022 Datasets and Benchmarks; check them before sharing data or weights")
 
 
+# Spellings of re-packaged copies (nnU-Net conversions fix AMOS's "arota" and "postcava").
+ALIASES = {"arota": {"aorta"}, "postcava": {"inferiorvenacava", "ivc"}, "gallbladder": {"gallbladder"},
+           "prostateuterus": {"prostateoruterus", "prostate"}}
+
+
+def _simple(text: str) -> str:
+    return re.sub(r"[^a-z]", "", str(text).lower())
+
+
 def _names_match(found: str, expected: str) -> bool:
-    simple = lambda text: re.sub(r"[^a-z]", "", text.lower())  # noqa: E731
-    return simple(found) == simple(expected) or simple(found).replace("aorta", "arota") == simple(expected)
+    return _simple(found) == _simple(expected) or _simple(found) in ALIASES.get(_simple(expected), set())
 
 
 def mappings(modality: str) -> dict[str, dict]:
@@ -64,6 +72,8 @@ def _check_manifest(source: Path) -> None:
     except (json.JSONDecodeError, AttributeError) as error:
         raise LayoutError(f"'{manifest}' is not AMOS22's dataset.json: {error}") from None
     expected = {str(v): name for v, (name, _) in AMOS_LABELS.items()}
+    if labels and all(isinstance(v, int) for v in labels.values()):  # nnU-Net v2 style: name -> value
+        labels = {str(v): k for k, v in labels.items()}
     found = {str(k): str(v) for k, v in labels.items() if str(k) != "0"}
     if set(found) != set(expected) or not all(_names_match(found[k], expected[k]) for k in expected):
         raise LayoutError(
