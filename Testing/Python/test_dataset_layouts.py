@@ -118,6 +118,23 @@ def test_totalsegmentator_refuses_an_unknown_structure_file_and_a_missing_meta_c
     refused("totalsegmentator", tmp_path / "out-totalsegmentator" / "ct", tmp_path / "x", "no case folder")
 
 
+def test_the_totalsegmentator_mri_dataset_becomes_an_mr_part_numbered_as_total_mr(tmp_path):
+    for number, image in ((0, "ct.nii.gz"), (1, "mri.nii.gz")):
+        case = tmp_path / "ts" / f"s{number:04d}"
+        nifti(case / image, ct(number))
+        nifti(case / "segmentations" / "liver.nii.gz", blob(1, 4, 1, 5, 1, 5))
+        nifti(case / "segmentations" / "vertebrae.nii.gz" if number else case / "segmentations" / "vertebrae_L1.nii.gz",
+              blob(4, 6, 6, 8, 6, 8))
+    output, report = convert("totalsegmentator", tmp_path / "ts", tmp_path, splits=("all",))
+    assert set(report.parts) == {"ct", "mr"}
+    [(name, masks)] = read_back(output / "mr", "mapping_mri_abdomen.json")
+    assert name == "s0001" and masks["liver"].sum() == 48 and masks["vertebrae"].sum() == 8
+    assert json.loads((output / "mr" / "mapping_mri_abdomen.json").read_text())["labels"]["vertebrae"] == [19]
+    nifti(tmp_path / "ts" / "s0001" / "segmentations" / "vertebrae_L1.nii.gz", blob(0, 1, 0, 1, 0, 1))
+    refused("totalsegmentator", tmp_path / "ts", tmp_path / "r", r"vertebrae_L1.nii.gz' is not a TotalSegmentator structure.*total_mr",
+            splits=("all",))
+
+
 @pytest.mark.skipif(not (TS_EXAMPLE / "example_seg_fast").is_dir(), reason="TotalSegmentator 2.18.0 archive not extracted")
 def test_totalsegmentator_reads_the_real_one_file_per_structure_example(tmp_path):
     case = tmp_path / "ts" / "s0000"

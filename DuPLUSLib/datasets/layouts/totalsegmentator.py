@@ -11,6 +11,9 @@ mapping files reuse :data:`~DuPLUSLib.datasets.sources.TOTALSEGMENTATOR_TOTAL_CL
 file names are read too: its five heart chambers become the whole heart (51); its ``face`` and
 ``pulmonary_artery`` have no class in the ``total`` task and are left out (background).
 
+The TotalSegmentator MRI dataset is read the same way when its case folders hold ``mri.nii.gz``
+(part ``mr``, numbered as ``class_map["total_mr"]``; its layout is assumed to mirror the CT dataset).
+
 ``--splits`` picks rows of meta.csv (default ``train``); ``all`` takes every case folder and does
 not need meta.csv. The test split is left out by default so it stays free for evaluation.
 """
@@ -59,9 +62,48 @@ V1_NAMES: dict[str, str | None] = {
     "heart_myocardium": "heart", "heart_atrium_left": "heart", "heart_ventricle_left": "heart",
     "heart_atrium_right": "heart", "heart_ventricle_right": "heart", "pulmonary_artery": None, "face": None,
 }
+# class_map["total_mr"] of TotalSegmentator 2.x, for the MRI dataset (case folders with mri.nii.gz).
+TOTAL_MR_NAMES: tuple[str, ...] = (
+    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas", "adrenal_gland_right",
+    "adrenal_gland_left", "lung_left", "lung_right", "esophagus", "small_bowel", "duodenum", "colon",
+    "urinary_bladder", "prostate", "sacrum", "vertebrae", "intervertebral_discs", "spinal_cord", "heart", "aorta",
+    "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right",
+    "iliac_vena_left", "iliac_vena_right", "humerus_left", "humerus_right", "scapula_left", "scapula_right",
+    "clavicula_left", "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right",
+    "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
+    "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right", "iliopsoas_left",
+    "iliopsoas_right", "brain",
+)
+TOTAL_MR_VALUES: dict[str, int] = {name: value for value, name in enumerate(TOTAL_MR_NAMES, start=1)}
 SPLITS = ("train", "val", "test")
-LICENCE = ("TotalSegmentator dataset: CC BY 4.0 (Wasserthal et al., Radiology: AI 2023, "
-           "doi:10.5281/zenodo.6802613 / 10047292); keep the attribution")
+LICENCE = ("TotalSegmentator CT dataset: CC BY 4.0 (Wasserthal et al., Radiology: AI 2023, "
+           "doi:10.5281/zenodo.6802613 / 10047292); keep the attribution. The MRI dataset (zenodo 14710732) "
+           "states its own licence: check it")
+
+
+def mr_mappings() -> dict[str, dict]:
+    """One mapping per MRI region that the ``total_mr`` classes cover (names read as ontology keys)."""
+    from ...errors import UnknownPromptError
+
+    ontology = load_ontology()
+    keys: dict[str, str] = {}
+    for name in TOTAL_MR_NAMES:
+        try:
+            keys[name] = ontology.structure_key(name)
+        except UnknownPromptError:
+            continue  # intervertebral discs, humeri, scapulae, clavicles: not in the ontology
+    documents = {}
+    for region in ontology.regions_of("MRI"):
+        valid = set(ontology.structures_of("MRI", region))
+        labels: dict[str, list[int]] = {}
+        for name, key in keys.items():
+            if key in valid:
+                labels.setdefault(key, []).append(TOTAL_MR_VALUES[name])
+        if labels:
+            documents[f"mapping_mri_{region}.json"] = mapping_document(
+                f"TotalSegmentator 'total_mr' classes as MRI {region} structures; the other values are ignored",
+                "MRI", region, labels, TOTAL_MR_VALUES.values())
+    return documents
 
 
 def mappings() -> dict[str, dict]:
@@ -114,12 +156,20 @@ def _cases(source: Path, splits: tuple[str, ...] | None, report: ConversionRepor
     return [by_name[name] for name in wanted]
 
 
+def _image_of(case: Path) -> tuple[str, Path]:
+    found = [(kind, case / name) for kind, name in (("ct", "ct.nii.gz"), ("mr", "mri.nii.gz")) if (case / name).is_file()]
+    if len(found) != 1:
+        raise LayoutError(f"'{case}' holds {'both ct.nii.gz and mri.nii.gz' if found else 'neither ct.nii.gz nor mri.nii.gz'}; "
+                          "each TotalSegmentator case folder holds one image (ct.nii.gz, or mri.nii.gz in the MRI dataset)")
+    return found[0]
+
+
 def _label_map(case: Path):
     import SimpleITK as sitk
 
-    ct_path = case / "ct.nii.gz"
-    if not ct_path.is_file():
-        raise LayoutError(f"'{ct_path}' is missing; each TotalSegmentator case folder holds ct.nii.gz")
+    kind, ct_path = _image_of(case)
+    values, v1 = (TOTAL_VALUES, V1_NAMES) if kind == "ct" else (TOTAL_MR_VALUES, {})
+    task = "total" if kind == "ct" else "total_mr"
     grid = header(ct_path)
     files = natural_sorted(p for p in (case / "segmentations").iterdir() if nifti_stem(p) is not None)
     if not files:
@@ -127,16 +177,16 @@ def _label_map(case: Path):
     labels = np.zeros(tuple(reversed(grid.GetSize())), dtype=np.uint8)
     for path in files:
         name = nifti_stem(path)
-        if name in TOTAL_VALUES:
-            value = TOTAL_VALUES[name]
-        elif name in V1_NAMES:
-            if V1_NAMES[name] is None:
+        if name in values:
+            value = values[name]
+        elif name in v1:
+            if v1[name] is None:
                 continue
-            value = TOTAL_VALUES[V1_NAMES[name]]
+            value = values[v1[name]]
         else:
             raise LayoutError(
-                f"'{path}' is not a TotalSegmentator structure: '{name}' is neither a class of the 'total' "
-                "task (map_to_binary.py class_map['total']) nor a version 1 name")
+                f"'{path}' is not a TotalSegmentator structure: '{name}' is not a class of the '{task}' task "
+                f"(map_to_binary.py class_map['{task}'])" + (" nor a version 1 name" if kind == "ct" else ""))
         mask_image = sitk.ReadImage(str(path))
         if not same_grid(mask_image, grid):
             raise LayoutError(f"'{path}' does not lie on the voxels of '{ct_path}' "
@@ -146,18 +196,23 @@ def _label_map(case: Path):
     label_image.SetSpacing(grid.GetSpacing())
     label_image.SetOrigin(grid.GetOrigin())
     label_image.SetDirection(grid.GetDirection())
-    return ct_path, label_image
+    return kind, ct_path, label_image
 
 
 def convert(source: Path, output: Path, options: ConvertOptions) -> ConversionReport:
     report = ConversionReport("totalsegmentator", str(source), licence=LICENCE)
     cases = _cases(source, options.splits, report)
-    writer = PartWriter(output, "ct", mappings(), "TotalSegmentator dataset, 'total' classes merged into one "
-                        "label map per case", options)
+    writers: dict[str, PartWriter] = {}
     for case in cases:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", case.name):
             raise LayoutError(f"case folder '{case}' has an unexpected name")
-        ct_path, label_image = _label_map(case)
-        writer.add(case.name, ct_path, label_image, label_source=case / "segmentations")
-    writer.finish(report)
+        kind, image_path, label_image = _label_map(case)
+        if kind not in writers:
+            writers[kind] = PartWriter(
+                output, kind, mappings() if kind == "ct" else mr_mappings(),
+                f"TotalSegmentator {'CT' if kind == 'ct' else 'MRI'} dataset, '{'total' if kind == 'ct' else 'total_mr'}' "
+                "classes merged into one label map per case", options)
+        writers[kind].add(case.name, image_path, label_image, label_source=case / "segmentations")
+    for writer in writers.values():
+        writer.finish(report)
     return report
