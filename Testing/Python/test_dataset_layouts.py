@@ -558,3 +558,15 @@ def test_each_recipe_names_mapping_files_its_conversions_write_and_synthesis_can
         for modality in dataset.modalities or []:  # what synthetic_case_specs checks once the data exist
             assert mapping.region in ontology.regions_of(modality), (index, modality)
             assert set(mapping.structures) & set(ontology.structures_of(modality, mapping.region)), (index, modality)
+
+
+def test_a_label_header_that_differs_by_rounding_is_written_on_the_image_grid_and_a_shifted_one_is_refused(tmp_path):
+    training = tmp_path / "btcv" / "Training"
+    nifti(training / "img" / "img0001.nii.gz", ct(1))
+    nifti(training / "label" / "label0001.nii.gz", blob(0, 2, 0, 3, 0, 3, 6), origin=(0.02, 0.0, 0.0))
+    output, _ = convert("btcv", tmp_path / "btcv", tmp_path)
+    [(_, masks)] = read_back(output / "ct", "mapping_ct_abdomen.json")  # the training reader's stricter check passes
+    assert masks["liver"].sum() == 18
+    nifti(training / "label" / "label0001.nii.gz", blob(0, 2, 0, 3, 0, 3, 6), origin=(5.0, 0.0, 0.0))
+    error = refused("btcv", tmp_path / "btcv", tmp_path / "r", "label0001.nii.gz' does not lie on the voxels of")
+    assert "origin (5, 0, 0)" in str(error)

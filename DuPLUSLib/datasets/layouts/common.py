@@ -199,8 +199,8 @@ class PartWriter:
     # ------------------------------------------------------------------------------ adding cases
     def add(self, case: str, image, label, label_source: Path | None = None) -> None:
         """One case. ``image``: a NIfTI path (copied or linked as it is) or a SimpleITK image.
-        ``label``: a NIfTI path (read, checked, copied as it is) or a SimpleITK image (checked,
-        written). ``label_source`` names the file a built label came from, for messages."""
+        ``label``: a NIfTI path or a SimpleITK image; it is checked and written as integers on
+        the image's grid. ``label_source`` names the file a built label came from, for messages."""
         import SimpleITK as sitk
 
         case = case_key(case)
@@ -221,10 +221,15 @@ class PartWriter:
 
         image_target = self._write_image(case, image)
         label_target = self.folder / "labelsTr" / f"{case}.nii.gz"
-        if isinstance(label, (str, os.PathLike)) and str(label).endswith(".nii.gz"):
-            shutil.copyfile(label, label_target)
-        else:
-            sitk.WriteImage(label_image, str(label_target), True)
+        # Written with the image's own geometry: a header that differs within the tolerance above
+        # (float rounding in another tool's writer) must not fail the stricter check at training.
+        grid = Grid3(image_grid)
+        written = sitk.GetImageFromArray(array.astype(np.uint8 if array.max(initial=0) < 256 and array.min(initial=0) >= 0
+                                                      else np.int32))
+        written.SetSpacing(grid.spacing)
+        written.SetOrigin(grid.origin)
+        written.SetDirection(grid.direction)
+        sitk.WriteImage(written, str(label_target), True)
         self.training.append({"image": f"./imagesTr/{image_target.name}", "label": f"./labelsTr/{label_target.name}"})
 
     def check_values(self, array: np.ndarray, where: Path) -> None:
