@@ -376,7 +376,7 @@ def test_hecktor_resamples_ct_and_pet_onto_the_label_grid(tmp_path):
 ])
 def test_brats_gives_one_part_per_sequence_with_the_whole_tumour(tmp_path, release, separator, suffixes, enhancing):
     name = "BraTS2021_00000" if release == "2021" else "BraTS-GLI-00000-000"
-    case = tmp_path / "brats" / name
+    case = tmp_path / "brats" / f"BraTS{release}_TrainingData" / name  # the archive's wrapping folder
     labels = blob(1, 4, 2, 5, 2, 6, 2)
     labels[2, 3, 3] = 1
     labels[2, 3, 4] = enhancing
@@ -398,6 +398,7 @@ def test_brats_refuses_a_case_without_labels(tmp_path):
     for suffix in ("t1", "t1ce", "t2", "flair"):
         nifti(case / f"BraTS2021_00001_{suffix}.nii.gz", ct(0))
     refused("brats", tmp_path / "brats", tmp_path, "BraTS2021_00001_seg.nii.gz' is missing")
+    refused("brats", case, tmp_path, "holds no BraTS case folder")
 
 
 # ------------------------------------------------------------------------------------------- MSD

@@ -38,14 +38,20 @@ def _release(case: Path) -> str:
                       f"(2021) or {case.name}-t1n.nii.gz ... -seg.nii.gz (2023)")
 
 
+def _is_case(folder: Path) -> bool:
+    return any(p.name.startswith((f"{folder.name}_", f"{folder.name}-")) for p in folder.iterdir() if p.is_file())
+
+
 def _case_folders(source: Path) -> list[Path]:
-    folders = natural_sorted(p for p in source.iterdir() if p.is_dir() and p.name.lower().startswith("brats"))
-    if not folders:
-        nested = [p for p in source.iterdir() if p.is_dir()]
-        if len(nested) == 1:
-            return _case_folders(nested[0])
-        raise LayoutError(f"'{source}' holds no BraTS case folder (BraTS2021_NNNNN/ or BraTS-GLI-NNNNN-NNN/)")
-    return folders
+    """The case folders in ``source``, or in its only sub-folder (the archives wrap them in one)."""
+    folders = [p for p in source.iterdir() if p.is_dir()]
+    cases = natural_sorted(p for p in folders if _is_case(p))
+    if cases:
+        return cases
+    if len(folders) == 1:
+        return _case_folders(folders[0])
+    raise LayoutError(f"'{source}' holds no BraTS case folder (BraTS2021_NNNNN/BraTS2021_NNNNN_t1.nii.gz ... or "
+                      "BraTS-GLI-NNNNN-NNN/BraTS-GLI-NNNNN-NNN-t1n.nii.gz ...)")
 
 
 def convert(source: Path, output: Path, options: ConvertOptions) -> ConversionReport:

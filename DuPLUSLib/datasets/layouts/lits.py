@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import ConversionReport, ConvertOptions, LayoutError, PartWriter, mapping_document, natural_sorted, nifti_stem
+from .common import ConversionReport, ConvertOptions, LayoutError, PartWriter, mapping_document, nifti_stem
 
 LICENCE = ("LiTS: the non-commercial, share-alike terms of the challenge release (Bilic et al., Medical Image "
            "Analysis 2023); check them: a model trained on it inherits them")
@@ -52,8 +52,7 @@ def convert(source: Path, output: Path, options: ConvertOptions) -> ConversionRe
     if orphans:
         raise LayoutError(f"'{segmentations[orphans[0]]}' has no volume-{orphans[0]}.nii under '{source}'")
     writer = PartWriter(output, "ct", mappings(), "LiTS training CTs", options)
-    for number in natural_sorted([volumes[n] for n in volumes]):
-        n = int(re.search(r"(\d+)", nifti_stem(number)).group(1))
-        writer.add(f"lits_{n:03d}", volumes[n], segmentations[n])
+    for number in sorted(volumes):
+        writer.add(f"lits_{number:03d}", volumes[number], segmentations[number])
     writer.finish(report)
     return report
