@@ -72,5 +72,21 @@ def _source(path: str | None, mapping_path: str | None, entry: int) -> SourceLab
     image, _ = load_entry(item, mapping)  # checks geometry and that every value is mapped
     from .decathlon import _read_volume
 
-    labels = _read_volume(item.label, None, "label").array
-    return label_map_from_real_ct(item.name, image, labels, mapping.structures, mapping.region)
+    labels = image.with_array(_read_volume(item.label, None, "label").array)
+    image, labels = _no_finer_than(image, labels, SYNTHESIS_SPACING_MM)
+    return label_map_from_real_ct(item.name, image, labels.array, mapping.structures, mapping.region)
+
+
+SYNTHESIS_SPACING_MM = 2.0  # finer than any model grid, and a 0.6 mm CT would take minutes per case
+
+
+def _no_finer_than(image: VolumeImage, labels: VolumeImage, spacing_mm: float) -> tuple[VolumeImage, VolumeImage]:
+    """A finely sampled scan and its labels on a grid of at least ``spacing_mm`` per axis."""
+    if min(image.spacing) >= spacing_mm:
+        return image, labels
+    from ..preprocessing import canonical_grid, resample_onto
+
+    grid = canonical_grid(image, tuple(max(s, spacing_mm) for s in image.spacing))
+    coarse_image = grid.with_array(resample_onto(image, grid, "linear"))
+    coarse_labels = grid.with_array(resample_onto(labels, grid, "nearest", 0.0).astype(np.int16))
+    return coarse_image, coarse_labels
