@@ -1,7 +1,8 @@
 """The classical baseline: lifelines' CoxPHFitter on the tabular EHR (plus tumour measurements).
 
-It sees the same numeric EHR codes as our model's numeric block (ordinal stage, age...) and, when
-the cohort has images, the same per-tumour measurements, so a difference in C-index between the two
+It sees the same numeric EHR codes as our model's numeric block (ordinal stage, age...), every extra
+covariate column as our model reads it (numbers, binaries, ordinal ranks, one-hot categories) and,
+when the cohort has images, the same per-tumour measurements, so a difference in C-index between the two
 is the text and network-feature path, not a difference in what each was told.
 """
 
@@ -31,6 +32,8 @@ class CoxBaseline:
         import pandas as pd
 
         blocks = [(inputs.numeric, list(NUMERIC_FEATURES))]
+        if inputs.extra is not None and inputs.extra.shape[1]:
+            blocks.append((inputs.extra, [f"extra:{n}" for n in inputs.extra_names]))
         if self.use_image:
             if inputs.image is None:
                 raise ValueError("the baseline was asked for image features and the cohort has none")
@@ -46,11 +49,17 @@ class CoxBaseline:
         from lifelines import CoxPHFitter
         from lifelines.exceptions import ConvergenceError
 
+        import warnings
+
         table = self._table(inputs, fit=True)
         table["_time"], table["_event"] = np.asarray(time, float), np.asarray(event, bool).astype(int)
         for penalizer in (self.penalizer, 0.01, 0.1, 1.0):
             try:
-                self.fitter = CoxPHFitter(penalizer=penalizer).fit(table, "_time", "_event")
+                with warnings.catch_warnings():  # its convergence advice is for people reading a notebook
+                    warnings.simplefilter("ignore")
+                    self.fitter = CoxPHFitter(penalizer=penalizer).fit(table, "_time", "_event")
+                if not np.all(np.isfinite(self.fitter.params_.to_numpy())):
+                    raise ConvergenceError("non-finite coefficients")
                 self.penalizer = penalizer
                 return self
             except ConvergenceError:

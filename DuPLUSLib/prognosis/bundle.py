@@ -25,17 +25,19 @@ import torch
 
 from ..bundle import sha256_of
 from ..errors import ModelBundleError, OutputPathError
-from .ehr import EHRRecord, ehr_sentence
+from .covariates import ColumnSpec, CovariateError, covariate_sentence, parse_covariate_value
+from .ehr import EHR_FIELDS, NUMERIC_FEATURES, EHRRecord, EHRValidationError, ehr_sentence, parse_ehr
 from .features import BlockTransform, FeatureSpace, PatientInputs, encode_patients
 from .model import FittedHead, PrognosisConfig, PrognosisModel, SurvivalHead
-from .readout import PatientReadout, RiskReference, horizon_in_unit
+from .readout import PatientReadout, RiskReference, horizon_label
 
 __all__ = ["PROGNOSIS_FORMAT", "PrognosisBundle", "load_prognosis_bundle", "default_prognosis_dir"]
 
 PROGNOSIS_FORMAT = "duplus-prognosis/1"
 CONFIG_FILE = "prognosis.json"
 WEIGHTS_FILE = "weights.safetensors"
-HORIZONS_YEARS = (2.0, 5.0)
+# numeric-block feature -> the EHR field a person recognises
+NUMERIC_SOURCE = {"male": "sex", "site_risk": "site", "hpv_positive": "hpv", "treatment_intensity": "treatment"}
 
 
 def default_prognosis_dir() -> Path:
@@ -52,8 +54,40 @@ class PrognosisBundle:
     text_encoder: dict[str, Any] = field(default_factory=lambda: {"id": "sentence-transformers/all-MiniLM-L6-v2", "path": None})
     image_features: dict[str, Any] = field(default_factory=dict)  # {"measurements": [...], "deep_model": ...}
     training: dict[str, Any] = field(default_factory=dict)
+    columns: list[ColumnSpec] = field(default_factory=list)  # every cohort column and how it was read
+    selection: dict[str, Any] = field(default_factory=dict)  # the nested CV that chose the model kind
     path: Path | None = None
     _encoder: Any = None
+
+    @property
+    def extra_columns(self) -> list[ColumnSpec]:
+        """The covariates beyond the EHR schema this model was trained with (the form asks for them)."""
+        return [c for c in self.columns if c.kept]
+
+    def parse_patient(self, values: dict[str, Any]) -> tuple[EHRRecord, dict[str, str | None]]:
+        """A patient's values (``--ehr`` JSON, the Slicer form) -> the EHR record and the extra covariates.
+
+        A key that is neither an EHR field nor a column of this model is refused (a typo would
+        otherwise be dropped silently); age is required only if the training cohort recorded it.
+        """
+        if not isinstance(values, dict):
+            raise EHRValidationError("the patient must be one JSON object of field: value pairs")
+        extra = {c.name: c for c in self.extra_columns}
+        unknown = sorted(k for k in values if k not in extra and k not in EHR_FIELDS)
+        if unknown:
+            raise EHRValidationError(
+                f"unknown field(s) {', '.join(map(repr, unknown))}; this model reads the EHR fields "
+                f"{', '.join(EHR_FIELDS)}" + (f" and the columns {', '.join(extra)}" if extra else ""))
+        recorded = self.training.get("fields_recorded")
+        required = ("age",) if recorded is None or "age" in recorded else ()
+        record = parse_ehr({k: v for k, v in values.items() if k not in extra}, required=required)
+        covariates = {}
+        for name, spec in extra.items():
+            try:
+                covariates[name] = parse_covariate_value(spec, values.get(name))
+            except CovariateError as error:
+                raise EHRValidationError(str(error).split(": ", 1)[-1], name) from None
+        return record, covariates
 
     @property
     def uses_text(self) -> bool:
@@ -73,36 +107,86 @@ class PrognosisBundle:
 
     # ------------------------------------------------------------------------------- readout
     def inputs(self, records: Sequence[EHRRecord], image: np.ndarray | None = None,
-               deep: np.ndarray | None = None) -> PatientInputs:
+               deep: np.ndarray | None = None, covariates: Sequence[dict] | None = None) -> PatientInputs:
         if self.uses_image and image is None:
             raise ModelBundleError(
                 "this prognosis model uses image features: give the CT and its tumour segmentation"
             )
-        return encode_patients(records, self.encoder(), image, self.image_features.get("measurements", ()), deep)
+        return encode_patients(records, self.encoder(), image, self.image_features.get("measurements", ()), deep,
+                               covariates, self.extra_columns)
 
     def readout(self, record: EHRRecord, image: np.ndarray | None = None, deep: np.ndarray | None = None,
-                image_values: dict[str, float] | None = None) -> PatientReadout:
-        """Risk, percentile, group, S(2y) and S(5y) with 95% intervals, and the curve to plot."""
-        inputs = self.inputs([record], image, deep)
+                image_values: dict[str, float] | None = None,
+                covariates: dict[str, str | None] | None = None) -> PatientReadout:
+        """Risk, percentile, group, survival at the model's horizons with 95% intervals, the curve to
+        plot, and the covariates that drove this patient's risk."""
+        covariates = dict(covariates or {})
+        inputs = self.inputs([record], image, deep, [covariates])
         unit = self.reference.time_unit
         risk = float(self.model.predict_risk(inputs)[0])
         grid = np.linspace(0.0, self.reference.max_follow_up, 200)
-        horizons = [horizon_in_unit(y, unit) for y in HORIZONS_YEARS]
+        horizons = self.reference.readout_horizons()
         times = np.concatenate([grid, horizons])
         point = self.model.predict_survival_function(inputs, times)[0]
         lower, upper = (b[0] for b in self.model.predict_survival_interval(inputs, times))
         survival = {}
-        for offset, (years, t) in enumerate(zip(HORIZONS_YEARS, horizons)):
+        for offset, t in enumerate(horizons):
             j = len(grid) + offset
-            survival[f"{years:g}y"] = {"time": float(t), "estimate": float(point[j]), "lower": float(lower[j]),
-                                       "upper": float(upper[j]), "beyond_follow_up": bool(t > self.reference.max_follow_up)}
+            survival[horizon_label(t, unit)] = {
+                "time": float(t), "estimate": float(point[j]), "lower": float(lower[j]), "upper": float(upper[j]),
+                "beyond_follow_up": bool(t > self.reference.max_follow_up)}
+        sentence = f"{ehr_sentence(record)} {covariate_sentence(covariates, self.extra_columns)}".strip()
         return PatientReadout(
-            sentence=ehr_sentence(record), risk_score=risk, hazard_ratio=float(np.exp(risk)),
+            sentence=sentence, risk_score=risk, hazard_ratio=float(np.exp(risk)),
             percentile=self.reference.percentile(risk), risk_group=self.reference.group_of(risk),
             survival=survival, curve_times=[float(t) for t in grid], curve=[float(v) for v in point[: len(grid)]],
             curve_lower=[float(v) for v in lower[: len(grid)]], curve_upper=[float(v) for v in upper[: len(grid)]],
-            time_unit=unit, image_features=dict(image_values or {}), notes=self._unseen_field_notes(record),
+            time_unit=unit, image_features=dict(image_values or {}),
+            notes=self._unseen_field_notes(record) + self._missing_covariate_notes(covariates),
+            contributions=self._contributions(inputs, record, covariates, image_values or {}),
+            model_kind=self.model.config.kind,
         )
+
+    def _contributions(self, inputs: PatientInputs, record: EHRRecord, covariates: dict,
+                       image_values: dict) -> list[dict]:
+        """Per source column: the summed contributions of its features (one-hot levels, missing
+        indicator), with the patient's value; largest effect first."""
+        if self.model.main is None or self.model.main.head.mlp is not None:
+            return []
+        names, values = self.model.contributions(inputs)
+        source_of = {f: c.name for c in self.extra_columns for f in c.feature_names()}
+        totals: dict[str, float] = {}
+        shown: dict[str, str] = {}
+        for name, value in zip(names, values[0]):
+            base = name[:-len(":missing")] if name.endswith(":missing") else name
+            block, _, feature = base.partition(":") if ":" in base and base.split(":")[0] in ("text", "deep", "image") \
+                else ("", "", base)
+            if block == "text":
+                source, display = "EHR sentence (text embedding)", "as written"
+            elif block == "deep":
+                source, display = "network features in the tumour", "pooled"
+            elif block == "image":
+                source, display = f"tumour {feature}", _display(image_values.get(feature.replace("log_", "").replace(
+                    "_intensity", "_intensity")))
+            elif base in source_of:
+                source = source_of[base]
+                display = _display(covariates.get(source))
+            elif base in NUMERIC_FEATURES:
+                source = NUMERIC_SOURCE.get(base, base)
+                display = _display(getattr(record, source, None))
+            else:
+                source, display = base, ""
+            totals[source] = totals.get(source, 0.0) + float(value)
+            shown.setdefault(source, display)
+        return [{"name": k, "value": shown[k], "contribution": v}
+                for k, v in sorted(totals.items(), key=lambda item: -abs(item[1]))]
+
+    def _missing_covariate_notes(self, covariates: dict) -> list[str]:
+        absent = [c.name for c in self.extra_columns if c.width and covariates.get(c.name) is None]
+        if not absent:
+            return []
+        return [f"not given: {', '.join(absent)}; read as missing (imputed to the training mean; "
+                f"a missing-value indicator where the training cohort had missing values), less informative than the value"]
 
     def _unseen_field_notes(self, record: EHRRecord) -> list[str]:
         """Fields given for this patient that the training cohort never recorded: the model has not
@@ -140,6 +224,9 @@ class PrognosisBundle:
                 "image_features": self.image_features,
                 "reference": self.reference.to_dict(),
                 "training": self.training,
+                "covariates": [c.to_dict() for c in self.columns],
+                "selection": self.selection,
+                "cox_penalty": self.model.cox_penalty,
                 "files": {"weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(staging / WEIGHTS_FILE)}},
             }
             (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
@@ -213,7 +300,9 @@ def load_prognosis_bundle(folder: str | os.PathLike[str] | None = None) -> Progn
         model_config = PrognosisConfig.from_dict(config["model"])
         blocks = {name: BlockTransform.from_arrays(arrays, f"features.{name}", names)
                   for name, names in config["feature_names"].items()}
-        model = PrognosisModel(model_config, FeatureSpace(blocks), epochs=int(config["epochs"]))
+        model = PrognosisModel(model_config, FeatureSpace(blocks), epochs=int(config["epochs"]),
+                               cox_penalty=config.get("cox_penalty"))
+        columns = [ColumnSpec.from_dict(c) for c in config.get("covariates", [])]
         width = model.features.width
         model.main = _fitted_head(arrays, "main", width, model_config)
         model.replicates = [_fitted_head(arrays, f"replicate{i}", width, model_config) for i in range(int(config["replicates"]))]
@@ -222,4 +311,12 @@ def load_prognosis_bundle(folder: str | os.PathLike[str] | None = None) -> Progn
     except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelBundleError(f"'{folder}': the model does not load: {type(error).__name__}: {error}") from None
     return PrognosisBundle(model, reference, config.get("text_encoder", {}), config.get("image_features", {}),
-                           config.get("training", {}), folder)
+                           config.get("training", {}), columns, config.get("selection", {}), folder)
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

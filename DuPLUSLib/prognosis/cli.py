@@ -2,7 +2,13 @@
 
     duplus prognosis cohort larynx -o larynx.csv
     duplus prognosis train --cohort larynx.csv --time time_years --event death -o model/
+    duplus prognosis train --cohort lung.csv --time days --event status --time-unit days --exclude inst -o model/
     duplus prognosis evaluate --cohort larynx.csv --time time_years --event death --json cv.json
+
+Every column but the time, the event and the id is a covariate (``--columns`` / ``--exclude`` choose);
+training prints how each column is read. ``evaluate`` and ``train`` run nested cross-validation among
+penalised CoxPH, the DuPLUS head and their ensemble, with lifelines CoxPH on the same columns beside
+them; ``train`` keeps the candidate with the best measured outer C-index.
     duplus prognosis predict --ehr patient.json --plot km.png --report out.json
 """
 
@@ -30,8 +36,8 @@ def register(subparsers) -> None:
     cohort.add_argument("--overwrite", action="store_true")
     cohort.set_defaults(run=run)
 
-    for name, helptext in (("train", "train a prognosis model on a cohort CSV"),
-                           ("evaluate", "repeated k-fold CV of the model, its ablations and lifelines CoxPH")):
+    for name, helptext in (("train", "train a prognosis model on a cohort CSV (model chosen by nested CV)"),
+                           ("evaluate", "nested CV of penalised CoxPH, the DuPLUS head, their ensemble and lifelines CoxPH")):
         command = sub.add_parser(name, help=helptext)
         _cohort_arguments(command)
         if name == "train":
@@ -40,10 +46,16 @@ def register(subparsers) -> None:
                                  help="risk groups from training-risk quantiles (2: median, 3: tertiles)")
             command.add_argument("--bootstrap", type=int, default=20, help="bootstrap refits for survival intervals")
             command.add_argument("--overwrite", action="store_true")
-            command.add_argument("--cv-repeats", type=int, default=5, help="CV repeats reported at training; 0: none")
+            command.add_argument("--cv-repeats", type=int, default=2,
+                                 help="repeats of the nested CV that chooses the model (>= 1 with --model-kind auto)")
+            command.add_argument("--model-kind", default="auto", choices=["auto", "coxph", "duplus", "ensemble"],
+                                 help="auto: chosen by nested CV; or fix the kind (then --cv-repeats 0 skips CV)")
+            command.add_argument("--horizons", help="comma-separated survival read-out times in --time-unit "
+                                                    "(default: 2 and 5 years in that unit)")
         else:
-            command.add_argument("--cv-repeats", type=int, default=20)
+            command.add_argument("--cv-repeats", type=int, default=5)
             command.add_argument("--json", help="write all per-fold scores to this JSON")
+        command.add_argument("--inner-folds", type=int, default=3, help="folds of the inner CV that selects the model")
         command.add_argument("--cv-folds", type=int, default=5)
         command.add_argument("--cv-seed", type=int, default=0)
         command.set_defaults(run=run)
@@ -67,10 +79,14 @@ def _cohort_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--event", required=True, help="column with the event (1 = died, 0 = censored)")
     command.add_argument("--time-unit", default="years", choices=["years", "months", "weeks", "days"])
     command.add_argument("--column-map", help="JSON: {\"columns\": {field: column}, \"constants\": {field: value}}")
+    command.add_argument("--columns", help="comma-separated covariate columns to use (default: every column but "
+                                           "the time, the event and the id)")
+    command.add_argument("--exclude", help="comma-separated columns to leave out")
     command.add_argument("--image-col", help="column with each patient's CT path (relative to the CSV)")
     command.add_argument("--seg-col", help="column with each patient's tumour .seg.nrrd path")
     command.add_argument("--features", default=None,
-                         help="comma-separated blocks: numeric,text,image,deep (default numeric,text[,image])")
+                         help="comma-separated blocks: numeric,extra,text,image,deep (default: numeric, extra "
+                              "if the cohort has extra columns, text, image with --image-col)")
     command.add_argument("--segmentation-model", help="segmentation model folder for 'deep' features (default: bundled)")
     command.add_argument("--seed", type=int, default=0)
 
@@ -104,58 +120,77 @@ def _run_cohort(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------- train, evaluate
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _prepare(args: argparse.Namespace):
-    from .cohort import ColumnMap, load_cohort
+    from .cohort import ColumnMap, CohortError, load_cohort
+    from .covariates import column_table
     from .model import PrognosisConfig
-    from .pipeline import cohort_inputs
+    from .pipeline import cohort_inputs, default_blocks
 
     column_map = ColumnMap.load(args.column_map) if args.column_map else None
-    cohort = load_cohort(args.cohort, args.time, args.event, column_map, args.image_col, args.seg_col)
-    default = ["numeric", "text"] + (["image"] if args.image_col else [])
-    use = [b.strip() for b in args.features.split(",")] if args.features else default
-    if {"image", "deep"} & set(use) and not args.image_col:
-        from .cohort import CohortError
-
+    cohort = load_cohort(args.cohort, args.time, args.event, column_map, args.image_col, args.seg_col,
+                         columns=_names(args.columns), exclude=_names(args.exclude) or ())
+    print(f"{cohort.source}: {len(cohort)} patients, {int(cohort.event.sum())} events; time in {args.time_unit}")
+    print(column_table(cohort.columns, cohort.roles))
+    for note in cohort.notes:
+        print(f"note: {note}")
+    use = _names(args.features)
+    if use and {"image", "deep"} & set(use) and not args.image_col:
         raise CohortError("image features need --image-col and --seg-col")
-    config = PrognosisConfig(use=tuple(use), seed=args.seed, n_bootstrap=getattr(args, "bootstrap", 0))
     encoder = None
-    if "text" in use:
+    if use is None or "text" in use:
         from ..text import TextEncoder
 
         encoder = TextEncoder()
     deep_model = None
-    if "deep" in use:
+    if use and "deep" in use:
         from ..bundle import load_bundle
 
         deep_model = load_bundle(args.segmentation_model)
     inputs = cohort_inputs(cohort, encoder, deep_model, lambda m: print(m, file=sys.stderr, end="\r"),
                            args.image_col, args.seg_col)
+    if use is None:
+        use = list(default_blocks(inputs))
+    if "extra" in use and inputs.extra is None:
+        raise CohortError("--features names 'extra' but the cohort has no covariate beyond the EHR schema")
+    config = PrognosisConfig(use=tuple(use), seed=args.seed, n_bootstrap=getattr(args, "bootstrap", 0))
     return cohort, inputs, config, deep_model
 
 
-def _print_cv(result, title: str) -> None:
-    print(f"{title}: {result.repeats} x {result.folds}-fold CV, same splits for every model (seed {result.seed})")
-    print(f"  {'model':<28}{'C-index':>9}{'SD folds':>10}{'SD repeats':>12}{'IBS':>8}")
+def _print_selection(result, title: str) -> None:
+    print(f"{title}: {result.repeats} x {result.folds}-fold outer CV; in each outer training fold a "
+          f"{result.inner_folds}-fold inner CV chooses the model; same splits for every model (seed {result.seed})")
+    print(f"  {'model':<24}{'C-index':>9}{'SD folds':>10}{'SD repeats':>12}{'IBS':>8}  chosen in")
+    counts = result.to_dict()["chosen_per_fold_counts"]
+    labels = {"coxph": "penalised CoxPH", "duplus": "DuPLUS head", "ensemble": "ensemble",
+              "lifelines_coxph": "lifelines CoxPH", "selected (nested)": "selected (nested)"}
     for name, row in result.summary().items():
-        print(f"  {name:<28}{row['c_index_mean']:>9.3f}{row['c_index_sd_folds']:>10.3f}"
-              f"{row['c_index_sd_repeats']:>12.3f}{row['ibs_mean']:>8.3f}")
+        chosen = f"{counts[name]}/{len(result.chosen_per_fold)} folds" if name in counts else ""
+        print(f"  {labels.get(name, name):<24}{row['c_index_mean']:>9.3f}{row['c_index_sd_folds']:>10.3f}"
+              f"{row['c_index_sd_repeats']:>12.3f}{row['ibs_mean']:>8.3f}  {chosen}")
+    print(f"  chosen for the final model: {labels[result.chosen]} (best mean outer C-index)")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from ..imageio import atomic_output, check_output_path
-    from .pipeline import evaluate_cohort
+    from .pipeline import select_model
 
     if args.json:
         check_output_path(args.json, True)
     cohort, inputs, config, _ = _prepare(args)
     start = time.perf_counter()
-    result = evaluate_cohort(inputs, cohort, config, args.cv_folds, args.cv_repeats, args.cv_seed,
-                             progress=lambda i, n: print(f"fold {i}/{n}", file=sys.stderr, end="\r"))
+    result = select_model(inputs, cohort, config, args.cv_folds, args.cv_repeats, args.inner_folds, args.cv_seed,
+                          progress=lambda i, n: print(f"outer fold {i}/{n}", file=sys.stderr, end="\r"))
     print(file=sys.stderr)
-    _print_cv(result, f"{cohort.source} ({len(cohort)} patients, {int(cohort.event.sum())} events)")
+    _print_selection(result, f"{cohort.source} ({len(cohort)} patients, {int(cohort.event.sum())} events, "
+                              f"blocks {'+'.join(config.use)})")
     if args.json:
         payload = {**result.to_dict(), "cohort": cohort.source, "patients": len(cohort),
                    "events": int(cohort.event.sum()), "config": config.to_dict(),
+                   "columns": [c.to_dict() for c in cohort.columns],
                    "seconds": round(time.perf_counter() - start, 1), "command": " ".join(sys.argv)}
         with atomic_output(args.json) as temporary:
             temporary.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
@@ -165,45 +200,70 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def _run_train(args: argparse.Namespace) -> int:
     from ..errors import OutputPathError
-    from .pipeline import evaluate_cohort, train_bundle
+    from .cohort import CohortError
+    from .model import PrognosisConfig
+    from .pipeline import select_model, train_bundle
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise OutputPathError(f"model folder '{output}' exists and is not empty; pass --overwrite to replace it")
+    if args.model_kind == "auto" and args.cv_repeats < 1:
+        raise CohortError("--model-kind auto chooses the model by nested cross-validation: give --cv-repeats 1 "
+                          "or more, or fix the kind with --model-kind coxph|duplus|ensemble")
+    horizons = None
+    if args.horizons:
+        try:
+            horizons = [float(h) for h in _names(args.horizons)]
+        except ValueError:
+            raise CohortError(f"--horizons '{args.horizons}' must be comma-separated numbers in {args.time_unit}") from None
+        if not horizons or any(h <= 0 for h in horizons):
+            raise CohortError(f"--horizons '{args.horizons}' must be positive times in {args.time_unit}")
     cohort, inputs, config, deep_model = _prepare(args)
     info = {"arguments": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
             "features": list(config.use)}
+    selection = None
+    if args.model_kind != "auto":
+        from .selection import candidate_configs
+
+        kind = {"duplus": "head"}.get(args.model_kind, args.model_kind)
+        fixed = candidate_configs(config).get(args.model_kind)
+        if fixed is None:
+            raise CohortError(f"--model-kind {args.model_kind} is not possible with the blocks {', '.join(config.use)}")
+        config = PrognosisConfig.from_dict({**fixed.to_dict(), "kind": kind, "n_bootstrap": config.n_bootstrap})
     if args.cv_repeats > 0:
-        result = evaluate_cohort(inputs, cohort, config, args.cv_folds, args.cv_repeats, args.cv_seed, ablations=False)
+        selection = select_model(inputs, cohort, config, args.cv_folds, args.cv_repeats, args.inner_folds,
+                                 args.cv_seed, progress=lambda i, n: print(f"outer fold {i}/{n}", file=sys.stderr, end="\r"))
         print(file=sys.stderr)
-        _print_cv(result, "cross-validation")
-        info["cross_validation"] = {"folds": args.cv_folds, "repeats": args.cv_repeats, "seed": args.cv_seed,
-                                    "summary": result.summary()}
+        _print_selection(selection, "model selection")
+        if args.model_kind != "auto":
+            print(f"  --model-kind {args.model_kind}: the final model is {args.model_kind}, not the selection's choice")
+            selection = None
     deep_info = None
     if deep_model is not None:
         deep_info = {"path": args.segmentation_model, "name": deep_model.config.name}
     bundle = train_bundle(inputs, cohort, config, args.groups, args.time_unit, deep_model_info=deep_info,
-                          training_info=info)
+                          training_info=info, selection=selection, horizons=horizons)
     bundle.save(output, overwrite=args.overwrite)
     groups = ", ".join(f"{c.label} {c.patients}" for c in bundle.reference.curves)
-    print(f"trained on {len(cohort)} patients ({int(cohort.event.sum())} events), {bundle.model.epochs} epochs; "
-          f"risk groups: {groups}; wrote {output}")
+    print(f"trained {bundle.model.config.kind} on {len(cohort)} patients ({int(cohort.event.sum())} events) with "
+          f"{len(bundle.extra_columns)} extra column(s); risk groups: {groups}; wrote {output}")
     return 0
 
 
 # -------------------------------------------------------------------------------------- predict
 def _run_predict(args: argparse.Namespace) -> int:
     from .bundle import load_prognosis_bundle
-    from .pipeline import predict_patient, read_patient_ehr, write_readout
+    from .pipeline import predict_patient, read_patient_values, write_readout
 
-    record = read_patient_ehr(args.ehr)
+    values = read_patient_values(args.ehr)
     bundle = load_prognosis_bundle(args.model)
+    record, covariates = bundle.parse_patient(values)
     for target in (args.plot, args.report):
         if target:
             from ..imageio import check_output_path
 
             check_output_path(target, args.overwrite)
-    readout = predict_patient(bundle, record, args.image, args.segmentation)
+    readout = predict_patient(bundle, record, args.image, args.segmentation, covariates=covariates)
     write_readout(readout, bundle, args.report, args.plot, args.overwrite)
     if args.progress == "json":
         print(json.dumps({"event": "done", "report": args.report, "plot": args.plot,

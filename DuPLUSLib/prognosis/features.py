@@ -3,7 +3,10 @@
 Three blocks, each optional:
 
 * ``numeric``: the EHR's ordinal codes (:func:`ehr.numeric_encoding`);
-* ``text``: the EHR sentence through the frozen text encoder (384 numbers for MiniLM);
+* ``extra``: every other covariate column of the cohort, typed by :mod:`covariates` (numbers,
+  binaries, ordinal ranks, one-hot categories);
+* ``text``: the EHR sentence through the frozen text encoder (384 numbers for MiniLM); the sentence
+  carries the schema fields and every extra column as ``name: value``;
 * ``image``: per-tumour measurements (:mod:`image_features`): volumes, mean intensity;
 * ``deep``: the segmentation network's bottleneck features pooled inside each tumour.
 
@@ -20,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .covariates import ColumnSpec, covariate_sentence, encode_covariates
 from .ehr import NUMERIC_FEATURES, EHRRecord, ehr_sentence, numeric_encoding
 
 __all__ = ["PatientInputs", "BlockTransform", "FeatureSpace", "encode_patients"]
@@ -35,6 +39,8 @@ class PatientInputs:
     image_names: tuple[str, ...] = ()
     deep: np.ndarray | None = None  # [N, deep_dim], NaN = missing
     sentences: list[str] = field(default_factory=list)
+    extra: np.ndarray | None = None  # [N, extra width], NaN = missing: the typed extra covariates
+    extra_names: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.numeric)
@@ -43,20 +49,29 @@ class PatientInputs:
         rows = np.asarray(rows)
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
         return PatientInputs(self.numeric[rows], pick(self.text), pick(self.image), self.image_names,
-                             pick(self.deep), [self.sentences[i] for i in rows] if self.sentences else [])
+                             pick(self.deep), [self.sentences[i] for i in rows] if self.sentences else [],
+                             pick(self.extra), self.extra_names)
 
     def block(self, name: str) -> np.ndarray | None:
-        return {"numeric": self.numeric, "text": self.text, "image": self.image, "deep": self.deep}[name]
+        return {"numeric": self.numeric, "text": self.text, "image": self.image, "deep": self.deep,
+                "extra": self.extra}[name]
 
 
 def encode_patients(records: Sequence[EHRRecord], text_encoder=None, image: np.ndarray | None = None,
-                    image_names: Sequence[str] = (), deep: np.ndarray | None = None) -> PatientInputs:
+                    image_names: Sequence[str] = (), deep: np.ndarray | None = None,
+                    covariates: Sequence[dict] | None = None, columns: Sequence[ColumnSpec] = ()) -> PatientInputs:
     """Numeric codes, sentences and (with an encoder) their embeddings for ``records``.
 
-    Identical sentences are embedded once: cohorts repeat them often (same age and stage).
+    ``covariates`` (one dict per patient: column -> value) with their ``columns`` specs add the
+    ``extra`` block and ``name: value`` parts to each sentence. Identical sentences are embedded once.
     """
     numeric = np.stack([numeric_encoding(r) for r in records]) if records else np.empty((0, len(NUMERIC_FEATURES)))
-    sentences = [ehr_sentence(r) for r in records]
+    covariates = list(covariates) if covariates else [{} for _ in records]
+    sentences = [f"{ehr_sentence(r)} {covariate_sentence(c, columns)}".strip() for r, c in zip(records, covariates)]
+    extra, extra_names = None, ()
+    if any(c.width for c in columns):
+        extra, names, _ = encode_covariates(covariates, columns)
+        extra_names = tuple(names)
     text = None
     if text_encoder is not None and sentences:
         unique = list(dict.fromkeys(sentences))
@@ -67,7 +82,7 @@ def encode_patients(records: Sequence[EHRRecord], text_encoder=None, image: np.n
         image = np.asarray(image, dtype=np.float64).reshape(len(records), -1)
     if deep is not None:
         deep = np.asarray(deep, dtype=np.float64).reshape(len(records), -1)
-    return PatientInputs(numeric, text, image, tuple(image_names), deep, sentences)
+    return PatientInputs(numeric, text, image, tuple(image_names), deep, sentences, extra, extra_names)
 
 
 @dataclass
@@ -135,7 +150,7 @@ class BlockTransform:
                    arrays[f"{prefix}.scale"], names)
 
 
-BLOCK_ORDER = ("numeric", "text", "image", "deep")
+BLOCK_ORDER = ("numeric", "extra", "text", "image", "deep")
 
 
 @dataclass
@@ -156,6 +171,8 @@ class FeatureSpace:
                 raise ValueError(f"the model uses {name} features and the cohort has none")
             if name == "numeric":
                 names, components = list(NUMERIC_FEATURES), None
+            elif name == "extra":
+                names, components = list(inputs.extra_names), None
             elif name == "image":
                 names, components = [f"image:{n}" for n in inputs.image_names] or \
                     [f"image:{i}" for i in range(values.shape[1])], None

@@ -21,6 +21,16 @@ Design, and why:
   come from bootstrap refits of the head (resampled patients), which carry the uncertainty of the
   weights and of the baseline hazard together.
 
+Three kinds of model share this class, so all of them save, load and explain themselves alike
+(each is one linear layer over the same standardised features):
+
+* ``head``: the DuPLUS head above (text + numbers + image, Adam, early stopping);
+* ``coxph``: a ridge-penalised Cox model on the numbers only (no sentence embedding), fitted by
+  Newton-Raphson, its penalty chosen by held-out partial likelihood inside the training patients;
+* ``ensemble``: the average of the two log-hazards, i.e. the average of their weights.
+
+:mod:`selection` chooses among them by nested cross-validation.
+
 Public API in lifelines' style: :meth:`PrognosisModel.fit`, :meth:`~PrognosisModel.predict_risk`,
 :meth:`~PrognosisModel.predict_survival_function`.
 """
@@ -34,17 +44,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cox import RiskSetIndex, breslow_cumulative_hazard, cox_negative_log_likelihood, survival_at
+from .cox import RiskSetIndex, breslow_cumulative_hazard, cox_negative_log_likelihood, fit_penalised_cox, survival_at
 from .features import FeatureSpace, PatientInputs
 
-__all__ = ["PrognosisConfig", "SurvivalHead", "FittedHead", "PrognosisModel"]
+__all__ = ["PrognosisConfig", "SurvivalHead", "FittedHead", "PrognosisModel", "MODEL_KINDS"]
+
+MODEL_KINDS = ("coxph", "head", "ensemble")
+COX_PENALTIES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # the coxph kind picks one by held-out likelihood
+LEARNT_BLOCKS = ("text", "deep")  # wide learnt representations: the coxph kind leaves them out
 
 
 @dataclass
 class PrognosisConfig:
     """Everything that decides how a prognosis model is built and trained; stored in the bundle."""
 
-    use: tuple[str, ...] = ("numeric", "text")  # feature blocks: numeric, text, image, deep
+    use: tuple[str, ...] = ("numeric", "text")  # feature blocks: numeric, extra, text, image, deep
+    kind: str = "head"  # coxph, head or ensemble (see the module docstring)
+    cox_penalty: float | None = None  # coxph: ridge penalty; None = chosen on held-out training patients
     text_components: int = 16  # principal components kept of the sentence embedding
     deep_components: int = 4  # principal components kept of the pooled network features
     hidden: int = 0  # width of the optional non-linear branch; 0 = linear Cox head
@@ -64,6 +80,12 @@ class PrognosisConfig:
         self.use = tuple(self.use)
         if not self.use:
             raise ValueError("a prognosis model needs at least one feature block")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind '{self.kind}'; choose one of {', '.join(MODEL_KINDS)}")
+        if self.kind != "head" and self.hidden:
+            raise ValueError("the coxph and ensemble kinds are linear: use hidden=0")
+        if self.kind == "coxph" and not set(self.use) - set(LEARNT_BLOCKS):
+            raise ValueError("the coxph kind needs a block of numbers (numeric, extra or image)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +151,7 @@ class PrognosisModel:
     replicates: list[FittedHead] = field(default_factory=list)
     epochs: int = 0
     training_risk: np.ndarray | None = None
+    cox_penalty: float | None = None  # the penalty the coxph / ensemble kinds used
 
     # ------------------------------------------------------------------------------------ fit
     def fit(self, inputs: PatientInputs, time: np.ndarray, event: np.ndarray) -> "PrognosisModel":
@@ -140,14 +163,93 @@ class PrognosisModel:
         x = self.features.transform(inputs)
         self._column_penalty = self._penalty_per_column()
         rng = np.random.default_rng(config.seed)
-        self.epochs = self._choose_epochs(x, time, event, rng)
-        self.main = self._fit_head(x, time, event, self.epochs, seed=config.seed)
+        if config.kind in ("head", "ensemble"):
+            self.epochs = self._choose_epochs(x, time, event, rng)
+        if config.kind in ("coxph", "ensemble"):
+            self.cox_penalty = config.cox_penalty if config.cox_penalty is not None else \
+                self._choose_cox_penalty(x, time, event, np.random.default_rng(config.seed + 7))
+        self.main = self._fit_kind(x, time, event, seed=config.seed)
         self.training_risk = self.main.risk(x)
         self.replicates = []
         for b in range(config.n_bootstrap):
             rows = _bootstrap_rows(event, rng)
-            self.replicates.append(self._fit_head(x[rows], time[rows], event[rows], self.epochs, seed=config.seed + 1 + b))
+            self.replicates.append(self._fit_kind(x[rows], time[rows], event[rows], seed=config.seed + 1 + b))
         return self
+
+    def _cox_columns(self) -> np.ndarray:
+        """True for the columns the coxph kind uses: every block but the learnt representations."""
+        return np.concatenate([np.full(block.width, name not in LEARNT_BLOCKS)
+                               for name, block in self.features.blocks.items()])
+
+    def _fit_kind(self, x: np.ndarray, time: np.ndarray, event: np.ndarray, seed: int) -> FittedHead:
+        kind = self.config.kind
+        if kind == "head":
+            return self._fit_head(x, time, event, self.epochs, seed=seed)
+        columns = self._cox_columns()
+        weights = np.zeros(x.shape[1])
+        weights[columns] = fit_penalised_cox(x[:, columns], time, event, self.cox_penalty)
+        if kind == "ensemble":
+            head = self._fit_head(x, time, event, self.epochs, seed=seed)
+            weights = 0.5 * (weights + head.head.linear.weight.detach().double().numpy()[0])
+        return _linear_head(weights, x, time, event)
+
+    def _choose_cox_penalty(self, x: np.ndarray, time: np.ndarray, event: np.ndarray, rng: np.random.Generator) -> float:
+        """The ridge penalty with the best held-out partial likelihood over a few splits of the training
+        patients (likelihood, not C-index: it is smooth, and it also rewards calibrated risks)."""
+        columns = self._cox_columns()
+        losses = np.zeros(len(COX_PENALTIES))
+        used = 0
+        for _ in range(max(self.config.inner_splits, 1)):
+            train, valid = _stratified_split(event, self.config.validation_fraction, rng)
+            if event[valid].sum() < 2 or event[train].sum() < 2:
+                continue
+            index = RiskSetIndex(time[valid], event[valid])
+            for j, penalty in enumerate(COX_PENALTIES):
+                beta = fit_penalised_cox(x[train][:, columns], time[train], event[train], penalty)
+                risk = torch.as_tensor(x[valid][:, columns] @ beta, dtype=torch.float64)
+                losses[j] += float(cox_negative_log_likelihood(risk, index))
+            used += 1
+        return float(COX_PENALTIES[int(np.argmin(losses))]) if used else 0.1
+
+    @classmethod
+    def ensemble_of(cls, cox: "PrognosisModel", head: "PrognosisModel", inputs: PatientInputs, time: np.ndarray,
+                    event: np.ndarray) -> "PrognosisModel":
+        """The ensemble of a fitted coxph and a fitted head model of the same patients, without refitting.
+
+        Gives the same weights as fitting ``kind="ensemble"`` with the head's settings: the coxph
+        model's blocks are a subset of the head's and their transforms were fitted on the same rows.
+        """
+        if head.main.head.mlp is not None:
+            raise ValueError("an ensemble needs a linear head (hidden=0)")
+        x = head.features.transform(inputs)
+        weights = head.main.head.linear.weight.detach().double().numpy()[0].copy()
+        cox_weights = cox.main.head.linear.weight.detach().double().numpy()[0]
+        offset = cox_offset = 0
+        for name, block in head.features.blocks.items():
+            if name in cox.features.blocks:
+                width = cox.features.blocks[name].width
+                weights[offset:offset + block.width] += cox_weights[cox_offset:cox_offset + width]
+                cox_offset += width
+            offset += block.width
+        config = PrognosisConfig.from_dict({**head.config.to_dict(), "kind": "ensemble", "n_bootstrap": 0,
+                                            "cox_penalty": cox.cox_penalty})
+        model = cls(config, head.features, epochs=head.epochs, cox_penalty=cox.cox_penalty)
+        model.main = _linear_head(0.5 * weights, x, np.asarray(time, float), np.asarray(event, bool))
+        model.training_risk = model.main.risk(x)
+        return model
+
+    def contributions(self, inputs: PatientInputs) -> tuple[list[str], np.ndarray]:
+        """Each input column's share of the log-hazard, ``weight x standardised value``: ``[patients, columns]``.
+
+        The features are centred on the training patients, so a contribution is relative to the
+        average training patient, and the contributions add up to the risk score (plus the small
+        constant ``-risk_offset``). Only linear heads (``hidden = 0``) decompose this way.
+        """
+        features, main = self._checked()
+        if main.head.mlp is not None:
+            raise ValueError("a model with a hidden layer has no per-column contributions; train with hidden=0")
+        weights = main.head.linear.weight.detach().double().numpy()[0]
+        return features.names, features.transform(inputs) * weights
 
     def _penalty_per_column(self) -> torch.Tensor:
         """Heavier shrinkage for the wide learnt representations (sentence embedding, network
@@ -259,6 +361,18 @@ class PrognosisModel:
         upper = np.exp(-np.exp(centre - z * spread))
         defined = (point > 0) & (point < 1)  # S = 1 before the first event, S = 0 after total loss
         return np.where(defined, lower, point), np.where(defined, upper, point)
+
+
+def _linear_head(weights: np.ndarray, x: np.ndarray, time: np.ndarray, event: np.ndarray) -> FittedHead:
+    """A :class:`FittedHead` holding fixed linear weights, with the Breslow baseline of (x, time, event)."""
+    head = SurvivalHead(len(weights))
+    with torch.no_grad():
+        head.linear.weight.copy_(torch.as_tensor(weights, dtype=torch.float32)[None])
+    head.eval()
+    raw = x @ weights
+    offset = float(raw.mean())
+    event_times, cumulative = breslow_cumulative_hazard(raw - offset, time, event)
+    return FittedHead(head, event_times, cumulative, offset)
 
 
 def _cloglog(survival: np.ndarray) -> np.ndarray:

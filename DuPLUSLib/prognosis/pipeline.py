@@ -23,10 +23,11 @@ from .features import PatientInputs, encode_patients
 from .image_features import (MEASUREMENT_NAMES, NoTumourError, measurements_vector, pooled_network_features,
                              read_case, tumour_measurements)
 from .model import PrognosisConfig, PrognosisModel
+from .selection import NestedResult, nested_cross_validate
 from .readout import PatientReadout, RiskReference, plot_readout
 
-__all__ = ["cohort_inputs", "train_bundle", "evaluate_cohort", "read_patient_ehr", "predict_patient",
-           "write_readout", "report_payload"]
+__all__ = ["cohort_inputs", "default_blocks", "train_bundle", "evaluate_cohort", "select_model", "read_patient_ehr",
+           "predict_patient", "write_readout", "report_payload"]
 
 Progress = Callable[[str], None]
 
@@ -53,7 +54,28 @@ def cohort_inputs(cohort: Cohort, text_encoder=None, deep_model=None, progress: 
                 deep_rows.append(pooled_network_features(deep_model, volume, masks))
         image = np.stack(image_rows)
         deep = np.stack(deep_rows) if deep_rows else None
-    return encode_patients(cohort.records, text_encoder, image, MEASUREMENT_NAMES if image is not None else (), deep)
+    return encode_patients(cohort.records, text_encoder, image, MEASUREMENT_NAMES if image is not None else (), deep,
+                           cohort.covariates, cohort.extra_columns)
+
+
+def default_blocks(inputs: PatientInputs, text: bool = True) -> tuple[str, ...]:
+    """Every block the cohort has: the schema's numbers, the extra columns, the sentence, the image."""
+    blocks = ["numeric"]
+    if inputs.extra is not None and inputs.extra.shape[1]:
+        blocks.append("extra")
+    if text:
+        blocks.append("text")
+    if inputs.image is not None:
+        blocks.append("image")
+    return tuple(blocks)
+
+
+def select_model(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, folds: int = 5, repeats: int = 1,
+                 inner_folds: int = 3, seed: int = 0,
+                 progress: Callable[[int, int], None] | None = None) -> NestedResult:
+    """Nested CV of penalised CoxPH, the DuPLUS head and their ensemble, with lifelines CoxPH beside them."""
+    return nested_cross_validate(inputs, cohort.time, cohort.event, config, folds, repeats, inner_folds, seed,
+                                 baseline=True, progress=progress)
 
 
 def model_factories(config: PrognosisConfig, inputs: PatientInputs, ablations: bool = True) -> dict[str, Callable]:
@@ -83,10 +105,20 @@ def evaluate_cohort(inputs: PatientInputs, cohort: Cohort, config: PrognosisConf
 def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, groups: int = 3,
                  time_unit: str = "years", text_encoder_info: Mapping[str, Any] | None = None,
                  deep_model_info: Mapping[str, Any] | None = None,
-                 training_info: Mapping[str, Any] | None = None) -> PrognosisBundle:
-    """Fit on the whole cohort; risk groups and their Kaplan-Meier curves come from its patients."""
+                 training_info: Mapping[str, Any] | None = None, selection: NestedResult | None = None,
+                 horizons: list[float] | None = None) -> PrognosisBundle:
+    """Fit on the whole cohort; risk groups and their Kaplan-Meier curves come from its patients.
+
+    With a ``selection`` the model kind is the one it chose (the candidate with the best measured
+    outer C-index), fitted with that candidate's blocks.
+    """
+    if selection is not None:
+        from .selection import candidate_configs
+
+        chosen = candidate_configs(config)[selection.chosen]
+        config = PrognosisConfig.from_dict({**chosen.to_dict(), "n_bootstrap": config.n_bootstrap})
     model = PrognosisModel(config).fit(inputs, cohort.time, cohort.event)
-    reference = RiskReference.build(model.training_risk, cohort.time, cohort.event, groups, time_unit)
+    reference = RiskReference.build(model.training_risk, cohort.time, cohort.event, groups, time_unit, horizons)
     image_info: dict[str, Any] = {}
     if "image" in config.use or "deep" in config.use:
         image_info = {"measurements": list(MEASUREMENT_NAMES), "deep_model": dict(deep_model_info or {}) or None}
@@ -96,13 +128,15 @@ def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig,
         image_features=image_info,
         training={"patients": len(cohort), "events": int(cohort.event.sum()), "source": cohort.source,
                   "fields_recorded": [f for f in EHR_FIELDS if any(getattr(r, f) is not None for r in cohort.records)],
-                  **dict(training_info or {})},
+                  "time_unit": time_unit, "notes": cohort.notes, **dict(training_info or {})},
+        columns=list(cohort.columns),
+        selection=selection.to_dict() if selection is not None else {},
     )
 
 
 # ---------------------------------------------------------------------------------- patients
-def read_patient_ehr(path: str | os.PathLike[str]):
-    """An EHR JSON file -> validated record (age required: the risk model needs it)."""
+def read_patient_values(path: str | os.PathLike[str]) -> dict:
+    """An EHR JSON file -> its field: value pairs (validated against a model by ``bundle.parse_patient``)."""
     path = Path(path)
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
@@ -112,12 +146,24 @@ def read_patient_ehr(path: str | os.PathLike[str]):
         raise EHRValidationError(f"EHR file '{path}' is not valid JSON: {error}") from None
     if not isinstance(values, dict):
         raise EHRValidationError(f"EHR file '{path}' must hold one JSON object of field: value pairs")
-    return parse_ehr(values)
+    return values
+
+
+def read_patient_ehr(path: str | os.PathLike[str]):
+    """An EHR JSON file -> validated record (schema fields only; age required)."""
+    return parse_ehr(read_patient_values(path))
 
 
 def predict_patient(bundle: PrognosisBundle, record, image_path: str | None = None,
-                    segmentation_path: str | None = None, deep_model=None) -> PatientReadout:
-    """The readout for one patient; the image and its tumour segmentation if the model uses them."""
+                    segmentation_path: str | None = None, deep_model=None,
+                    covariates: Mapping[str, Any] | None = None) -> PatientReadout:
+    """The readout for one patient; the image and its tumour segmentation if the model uses them.
+
+    ``record`` is an :class:`EHRRecord` (with ``covariates`` already parsed) or a dict of raw
+    values, parsed here against the model's columns.
+    """
+    if isinstance(record, Mapping):
+        record, covariates = bundle.parse_patient(dict(record))
     if bool(image_path) != bool(segmentation_path):
         raise EHRValidationError("give both the image and its tumour segmentation, or neither")
     image = deep = None
@@ -134,7 +180,7 @@ def predict_patient(bundle: PrognosisBundle, record, image_path: str | None = No
             deep = pooled_network_features(deep_model, volume, masks)[None]
     elif bundle.uses_image:
         raise EHRValidationError("this prognosis model uses image features: give --image and --segmentation")
-    return bundle.readout(record, image, deep, values)
+    return bundle.readout(record, image, deep, values, dict(covariates or {}))
 
 
 def write_readout(readout: PatientReadout, bundle: PrognosisBundle, report: str | None, plot: str | None,

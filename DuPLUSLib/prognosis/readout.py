@@ -17,17 +17,34 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["KaplanMeierCurve", "RiskReference", "PatientReadout", "TIME_UNITS", "horizon_in_unit", "plot_readout"]
+__all__ = ["KaplanMeierCurve", "RiskReference", "PatientReadout", "TIME_UNITS", "horizon_in_unit", "horizon_label",
+           "default_horizons", "plot_readout"]
 
 TIME_UNITS = {"years": 1.0, "months": 12.0, "weeks": 52.1775, "days": 365.25}  # units per year
 GROUP_LABELS = {1: ["all"], 2: ["low", "high"], 3: ["low", "intermediate", "high"],
                 4: ["low", "low-intermediate", "high-intermediate", "high"]}
 
 
+DEFAULT_HORIZONS_YEARS = (2.0, 5.0)
+
+
 def horizon_in_unit(years: float, unit: str) -> float:
     if unit not in TIME_UNITS:
         raise ValueError(f"unknown time unit '{unit}'; choose one of {', '.join(TIME_UNITS)}")
     return years * TIME_UNITS[unit]
+
+
+def default_horizons(unit: str) -> list[float]:
+    """2 and 5 years, in the cohort's time unit (rounded to a whole unit: 24 months, 730 days)."""
+    return [float(round(horizon_in_unit(y, unit), 0 if unit != "years" else 2)) for y in DEFAULT_HORIZONS_YEARS]
+
+
+def horizon_label(time: float, unit: str) -> str:
+    """``"24 months (2.0 years)"``: the horizon in the cohort's unit, with years beside it when they differ."""
+    text = f"{time:g} {unit}"
+    if unit != "years":
+        text += f" ({time / TIME_UNITS[unit]:.1f} years)"
+    return text
 
 
 @dataclass
@@ -73,10 +90,11 @@ class RiskReference:
     curves: list[KaplanMeierCurve]
     time_unit: str = "years"
     max_follow_up: float = 0.0
+    horizons: list[float] = field(default_factory=list)  # survival read-out times, in time_unit; [] = 2 and 5 years
 
     @classmethod
     def build(cls, risk: np.ndarray, time: np.ndarray, event: np.ndarray, groups: int = 3,
-              time_unit: str = "years") -> "RiskReference":
+              time_unit: str = "years", horizons: Sequence[float] | None = None) -> "RiskReference":
         if groups not in GROUP_LABELS:
             raise ValueError(f"risk groups must be 1 to 4, not {groups}")
         risk, time, event = np.asarray(risk, float), np.asarray(time, float), np.asarray(event, bool)
@@ -85,8 +103,14 @@ class RiskReference:
         ticks = _nice_ticks(float(time.max()))
         curves = [KaplanMeierCurve.fit(label, time[membership == g], event[membership == g], ticks)
                   for g, label in enumerate(GROUP_LABELS[groups]) if np.any(membership == g)]
+        horizons = [float(h) for h in (horizons or default_horizons(time_unit))]
+        if any(h <= 0 for h in horizons):
+            raise ValueError(f"survival horizons must be positive times in {time_unit}, not {horizons}")
         return cls(sorted(float(r) for r in risk), thresholds, list(GROUP_LABELS[groups]), curves, time_unit,
-                   float(time.max()))
+                   float(time.max()), horizons)
+
+    def readout_horizons(self) -> list[float]:
+        return list(self.horizons) or default_horizons(self.time_unit)
 
     def group_of(self, risk: float) -> str:
         return self.labels[min(int(np.searchsorted(self.thresholds, risk, side="right")), len(self.labels) - 1)]
@@ -114,7 +138,7 @@ class PatientReadout:
     hazard_ratio: float  # exp(risk_score)
     percentile: float
     risk_group: str
-    survival: dict[str, dict[str, float]]  # "2y" -> {"time", "estimate", "lower", "upper", "beyond_follow_up"}
+    survival: dict[str, dict[str, float]]  # "24 months (2.0 years)" -> {"time", "estimate", "lower", "upper", "beyond_follow_up"}
     curve_times: list[float]
     curve: list[float]
     curve_lower: list[float]
@@ -122,9 +146,21 @@ class PatientReadout:
     time_unit: str = "years"
     image_features: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. fields the training cohort never recorded
+    contributions: list[dict] = field(default_factory=list)  # [{"name", "value", "contribution"}], largest first
+    model_kind: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def contribution_text(self, top: int = 6) -> str:
+        """``"stage (IV) +0.52, age (70) +0.21, ..."``: what moved this patient's log-hazard, largest first."""
+        shown = [c for c in self.contributions if abs(c["contribution"]) >= 0.005][:top]
+        if not shown:
+            return ""
+        parts = [f"{c['name']} ({c['value']}) {c['contribution']:+.2f}" for c in shown]
+        rest = len([c for c in self.contributions if abs(c["contribution"]) >= 0.005]) - len(shown)
+        return ("What drove this risk (log-hazard vs the average training patient): " + ", ".join(parts)
+                + (f"; {rest} smaller" if rest > 0 else "") + ".")
 
     def summary_text(self) -> str:
         lines = [self.sentence,
@@ -132,8 +168,10 @@ class PatientReadout:
                  f"training patient), {_ordinal(self.percentile)} percentile: {self.risk_group} risk group."]
         for name, s in self.survival.items():
             note = " (beyond the training follow-up)" if s["beyond_follow_up"] else ""
-            lines.append(f"Predicted survival at {name[:-1]} years: {100 * s['estimate']:.0f}% "
+            lines.append(f"Predicted survival at {name}: {100 * s['estimate']:.0f}% "
                          f"(95% interval {100 * s['lower']:.0f}-{100 * s['upper']:.0f}%){note}.")
+        if self.contribution_text():
+            lines.append(self.contribution_text())
         lines.extend(f"Note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -152,6 +190,24 @@ def _nice_ticks(end: float, count: int = 6) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------- plot
+def _plot_contributions(axes, readout: PatientReadout, top: int = 10) -> None:
+    """Horizontal bars: each covariate's contribution to this patient's log-hazard (red raises risk)."""
+    shown = readout.contributions[:top][::-1]
+    if not shown:
+        axes.text(0.5, 0.5, "no per-covariate contributions\n(model with a hidden layer)", ha="center",
+                  va="center", transform=axes.transAxes, fontsize=9)
+        axes.set_axis_off()
+        return
+    values = [c["contribution"] for c in shown]
+    axes.barh(range(len(shown)), values, color=["#c62828" if v > 0 else "#2e7d32" for v in values])
+    axes.set_yticks(range(len(shown)), [f"{c['name']} = {c['value']}"[:38] for c in shown], fontsize=8)
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.set_xlabel("contribution to log-hazard (vs the average training patient)", fontsize=8)
+    axes.set_title(f"What drove this patient's risk (score {readout.risk_score:+.2f})", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+
+
+
 GROUP_COLOURS = {"low": "#2e7d32", "low-intermediate": "#7cb342", "intermediate": "#f9a825",
                  "high-intermediate": "#ef6c00", "high": "#c62828", "all": "#455a64"}
 
@@ -163,7 +219,11 @@ def plot_readout(readout: PatientReadout, reference: RiskReference, path: str | 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    figure, (axes, table) = plt.subplots(2, 1, figsize=(7.5, 5.8), height_ratios=[4, 1], sharex=True)
+    figure = plt.figure(figsize=(12.0, 5.8))
+    grid = figure.add_gridspec(2, 2, height_ratios=[4, 1], width_ratios=[3, 2])
+    axes = figure.add_subplot(grid[0, 0])
+    table = figure.add_subplot(grid[1, 0], sharex=axes)
+    _plot_contributions(figure.add_subplot(grid[:, 1]), readout)
     for curve in reference.curves:
         colour = GROUP_COLOURS.get(curve.label, None)
         axes.step(curve.timeline, curve.survival, where="post", color=colour,
