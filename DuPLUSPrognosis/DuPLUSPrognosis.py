@@ -18,6 +18,11 @@ Console use::
     logic = DuPLUSPrognosisLogic()
     report = logic.predict({"age": 63, "stage": "III", "hpv": "positive"})
     table, chart = logic.showReadout(report)
+
+The form shows the head-and-neck fields of the ``.ui`` plus, in "Further covariates", one typed
+widget for every extra column the loaded model was trained with (built from the model's saved
+column list by :func:`DuPLUSLib.prognosis.covariates.form_fields`; the values live in the parameter
+node as JSON under ``EXTRA_PARAMETER``).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ except ImportError:  # pragma: no cover
 
 MODULE_NAME = "DuPLUSPrognosis"
 READOUT_ATTRIBUTE = "DuPLUS.PrognosisReadout"  # marks the nodes this module made, to reuse them
+EXTRA_PARAMETER = "DuPLUS.ExtraCovariates"  # parameter-node entry: JSON {column: value} of the generated form
 GROUP_COLOURS = {"low": (0.18, 0.49, 0.20), "low-intermediate": (0.49, 0.70, 0.26),
                  "intermediate": (0.98, 0.66, 0.15), "high-intermediate": (0.94, 0.42, 0.0),
                  "high": (0.78, 0.16, 0.16), "all": (0.27, 0.35, 0.39)}
@@ -153,6 +159,15 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(150)
         self.pollTimer.timeout.connect(self.onPollTimer)
+        import ctk
+
+        self._extraWidgets: dict[str, Any] = {}
+        self._extraModelFolder: str | None = None
+        self.extraCollapsibleButton = ctk.ctkCollapsibleButton()
+        self.extraCollapsibleButton.text = _("Further covariates (from the model)")
+        self.extraFormLayout = qt.QFormLayout(self.extraCollapsibleButton)
+        self.layout.insertWidget(self.layout.indexOf(uiWidget) + 1, self.extraCollapsibleButton)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -190,6 +205,55 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.onModelFolderChanged(str(self._parameterNode.modelFolder or ""))
+
+    # ------------------------------------------------------------ generated form
+    def onModelFolderChanged(self, folder: str = "") -> None:
+        """Rebuild "Further covariates" from the chosen model's column list (typed widgets)."""
+        folder = str(folder or "")
+        if folder == self._extraModelFolder:
+            return
+        self._extraModelFolder = folder
+        while self.extraFormLayout.rowCount() > 0:
+            self.extraFormLayout.removeRow(0)
+        self._extraWidgets = {}
+        try:
+            fields = self.logic.extraFormFields(folder or None)
+        except DuPLUSError as error:
+            self.extraFormLayout.addRow(qt.QLabel(_("The model does not load: {error}").format(error=error)))
+            return
+        saved = self.logic.extraValues(self._rawParameterNode()) if self._parameterNode else {}
+        for field in fields:
+            widget = self._extraWidget(field, saved.get(field.name))
+            self.extraFormLayout.addRow(f"{field.label}:", widget)
+            self._extraWidgets[field.name] = (field, widget)
+        self.extraCollapsibleButton.visible = bool(fields)
+
+    def _extraWidget(self, field, value):
+        if field.widget == "choice":
+            widget = qt.QComboBox()
+            for choice in field.choices:
+                widget.addItem(choice)
+            widget.setCurrentText("" if value is None else str(value))
+            widget.currentTextChanged.connect(self.onExtraValueChanged)
+        else:
+            widget = qt.QLineEdit()
+            widget.placeholderText = _("not recorded")
+            if field.widget == "number":
+                validator = qt.QDoubleValidator(field.minimum, field.maximum, field.decimals, widget)
+                validator.notation = qt.QDoubleValidator.StandardNotation
+                widget.setValidator(validator)
+            widget.text = "" if value is None else str(value)
+            widget.textChanged.connect(self.onExtraValueChanged)
+        widget.toolTip = field.tooltip
+        return widget
+
+    def _rawParameterNode(self):
+        return getattr(self._parameterNode, "parameterNode", self._parameterNode)
+
+    def onExtraValueChanged(self, *_args) -> None:
+        values = {name: (w.currentText if f.widget == "choice" else w.text) for name, (f, w) in self._extraWidgets.items()}
+        self.logic.setExtraValues(self._rawParameterNode(), values)
 
     # ------------------------------------------------------------------ actions
     def formValues(self) -> dict[str, Any]:
@@ -197,6 +261,7 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         values = {field: getattr(node, field) for field in FORM_CHOICES}
         values["age"] = node.age
         values["pack_years"] = node.pack_years if node.pack_years >= 0 else None
+        values.update(self.logic.extraValues(self._rawParameterNode()))
         return values
 
     def onPredictButton(self) -> None:
@@ -228,6 +293,7 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(str(self.logic.lastError), windowTitle=_("DuPLUS Prognosis"))
             return
         table, chart = self.logic.showReadout(self.logic.lastReport)
+        self.logic.showContributions(self.logic.lastReport)
         self.ui.readoutTextBrowser.plainText = self.logic.summaryText(self.logic.lastReport)
         self.ui.statusLabel.text = _("Done.")
         self.logic.showChartInPlotView(chart)
@@ -250,11 +316,46 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ inputs
     @staticmethod
-    def validateForm(values: dict[str, Any]) -> dict[str, Any]:
-        """The form's values as a clean EHR dict; raises EHRValidationError naming the field."""
-        from DuPLUSLib.prognosis.ehr import parse_ehr
+    def validateForm(values: dict[str, Any], modelFolder: str | None = None) -> dict[str, Any]:
+        """The form's values as a clean dict; raises EHRValidationError naming the field.
 
-        return parse_ehr({k: v for k, v in values.items() if v not in ("", None)}).to_dict()
+        Values beyond the EHR schema (the generated form) are checked against the model's columns,
+        so a model folder is loaded only when such values are given or a folder is named.
+        """
+        from DuPLUSLib.prognosis.ehr import EHR_FIELDS, parse_ehr
+
+        given = {k: v for k, v in values.items() if v not in ("", None)}
+        if modelFolder is None and set(given) <= set(EHR_FIELDS):
+            return parse_ehr(given).to_dict()
+        from DuPLUSLib.prognosis.bundle import load_prognosis_bundle
+
+        record, covariates = load_prognosis_bundle(modelFolder).parse_patient(given)
+        return {**record.to_dict(), **{k: v for k, v in covariates.items() if v is not None}}
+
+    # ------------------------------------------------------------ generated form
+    @staticmethod
+    def extraFormFields(modelFolder: str | None = None) -> list:
+        """The inputs the form needs beyond the EHR schema: one per extra column of the model, typed
+        (number with its limits, choice of the levels the model knows, free text)."""
+        from DuPLUSLib.prognosis.bundle import load_prognosis_bundle
+        from DuPLUSLib.prognosis.covariates import form_fields
+
+        return form_fields(load_prognosis_bundle(modelFolder).extra_columns)
+
+    @staticmethod
+    def setExtraValues(parameterNode, values: dict[str, Any]) -> None:
+        """Keep the generated form's values in the (scene-saved) parameter node, empty ones left out."""
+        clean = {k: v for k, v in values.items() if v not in ("", None)}
+        parameterNode.SetParameter(EXTRA_PARAMETER, json.dumps(clean, sort_keys=True))
+
+    @staticmethod
+    def extraValues(parameterNode) -> dict[str, Any]:
+        text = parameterNode.GetParameter(EXTRA_PARAMETER) if parameterNode is not None else ""
+        try:
+            values = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return values if isinstance(values, dict) else {}
 
     @staticmethod
     def tumourMasks(segmentationNode, referenceVolumeNode) -> dict[str, np.ndarray]:
@@ -307,17 +408,16 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
                 modelFolder: str | None = None) -> dict:
         """Predict in this process (scripts, tests); returns the report that ``predict`` writes."""
         from DuPLUSLib.prognosis.bundle import load_prognosis_bundle
-        from DuPLUSLib.prognosis.ehr import parse_ehr
         from DuPLUSLib.prognosis.pipeline import predict_patient, report_payload
 
-        record = parse_ehr(self.validateForm(ehr))
+        values = self.validateForm(ehr, modelFolder)
         bundle = load_prognosis_bundle(modelFolder)
         folder = tempfile.mkdtemp(prefix="DuPLUSPrognosis-")
         try:
             image = segmentation = None
             if volumeNode is not None:
                 image, segmentation = self.writeImageInputs(volumeNode, segmentationNode, folder)
-            readout = predict_patient(bundle, record, image, segmentation)
+            readout = predict_patient(bundle, values, image, segmentation)
             return report_payload(readout, bundle)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -329,7 +429,7 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
 
         if self._run is not None and self.isBusy:
             raise InputImageError("a prediction is already running; wait for it or cancel it")
-        clean = self.validateForm(ehr)  # errors reach the user before any process starts
+        clean = self.validateForm(ehr, modelFolder)  # errors reach the user before any process starts
         self._cleanUp()
         self._folder = tempfile.mkdtemp(prefix="DuPLUSPrognosis-")
         image = segmentation = None
@@ -429,7 +529,7 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
                 ("hazard ratio", readout["hazard_ratio"], np.nan, np.nan),
                 ("percentile", readout["percentile"], np.nan, np.nan)]
         for name, s in readout["survival"].items():
-            rows.append((f"survival at {name[:-1]} {readout['time_unit']}", s["estimate"], s["lower"], s["upper"]))
+            rows.append((f"survival at {name}", s["estimate"], s["lower"], s["upper"]))
         columns = {"quantity": vtk.vtkStringArray(), "value": vtk.vtkDoubleArray(),
                    "lower 95%": vtk.vtkDoubleArray(), "upper 95%": vtk.vtkDoubleArray(), "text": vtk.vtkStringArray()}
         for name, array in columns.items():
@@ -505,6 +605,39 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
         chart.SetYAxisRangeAuto(False)
         chart.SetYAxisRange(0.0, 1.0)
         return chart
+
+    def showContributions(self, report: dict, scene=None):
+        """What drove this patient's risk: a table node and a bar chart node (one bar per covariate,
+        its contribution to the log-hazard against the average training patient); reused between runs."""
+        scene = scene or slicer.mrmlScene
+        contributions = report["readout"].get("contributions", [])
+        table = self._node(scene, "vtkMRMLTableNode", "DuPLUS prognosis contributions")
+        table.RemoveAllColumns()
+        columns = {"covariate": vtk.vtkStringArray(), "value": vtk.vtkStringArray(),
+                   "contribution": vtk.vtkDoubleArray(), "index": vtk.vtkDoubleArray()}
+        for name, array in columns.items():
+            array.SetName(name)
+        for index, item in enumerate(contributions):
+            columns["covariate"].InsertNextValue(f"{item['name']} = {item['value']}")
+            columns["value"].InsertNextValue(str(item["value"]))
+            columns["contribution"].InsertNextValue(float(item["contribution"]))
+            columns["index"].InsertNextValue(float(index))
+        for array in columns.values():
+            table.AddColumn(array)
+        chart = self._node(scene, "vtkMRMLPlotChartNode", "DuPLUS prognosis contributions")
+        chart.RemoveAllPlotSeriesNodeIDs()
+        series = self._node(scene, "vtkMRMLPlotSeriesNode", "contribution to log-hazard")
+        series.SetAndObserveTableNodeID(table.GetID())
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+        series.SetXColumnName("index")
+        series.SetYColumnName("contribution")
+        series.SetLabelColumnName("covariate")
+        series.SetColor(0.78, 0.16, 0.16)
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetTitle("What drove this patient's risk (log-hazard vs the average training patient)")
+        chart.SetXAxisTitle("covariate (largest effect first)")
+        chart.SetYAxisTitle("contribution to log-hazard")
+        return table, chart
 
     @staticmethod
     def showChartInPlotView(chart) -> None:

@@ -284,8 +284,7 @@ def _is_missing_cell(value: Any) -> bool:
 def _schema_specs(column_of: Mapping[str, str], records: Sequence[EHRRecord], frame, time: np.ndarray,
                   event: np.ndarray) -> list[ColumnSpec]:
     """Rows of the column table for the schema columns (read by the EHR parser)."""
-    from lifelines.utils import concordance_index
-
+    from .covariates import harrell_c
     from .cox import fit_penalised_cox
 
     specs = []
@@ -304,7 +303,7 @@ def _schema_specs(column_of: Mapping[str, str], records: Sequence[EHRRecord], fr
                 filled = np.where(np.isfinite(x), x, np.nanmean(x))
                 z = ((filled - filled.mean()) / filled.std())[:, None]
                 beta = fit_penalised_cox(z, time, event, 0.01)
-                spec.c_index = float(concordance_index(time, -(z @ beta), event))
+                spec.c_index = harrell_c(time, event, z @ beta)
         specs.append(spec)
     return specs
 

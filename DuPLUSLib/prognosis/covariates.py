@@ -397,11 +397,19 @@ def covariate_sentence(row: Mapping[str, str | None], specs: Sequence[ColumnSpec
 
 
 # --------------------------------------------------------------------------------- reports
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
+    """Harrell's C of a risk score (higher = worse); ``None`` when no pair of patients can be compared."""
+    from lifelines.utils import concordance_index
+
+    try:
+        return float(concordance_index(time, -np.asarray(risk, float), event))
+    except ZeroDivisionError:
+        return None
+
+
 def univariable_c_index(spec: ColumnSpec, rows: Sequence[Mapping[str, str | None]], time: np.ndarray,
                         event: np.ndarray) -> float | None:
     """Harrell's C of a one-column Cox fit on all patients (descriptive, in-sample; >= 0.5 by construction)."""
-    from lifelines.utils import concordance_index
-
     from .cox import fit_penalised_cox
 
     if spec.kind not in MODEL_KINDS:
@@ -417,7 +425,7 @@ def univariable_c_index(spec: ColumnSpec, rows: Sequence[Mapping[str, str | None
     if x.shape[1] == 0:
         return 0.5
     beta = fit_penalised_cox(x, time, event, penalty=0.01)
-    return float(concordance_index(time, -(x @ beta), event))
+    return harrell_c(time, event, x @ beta)
 
 
 def column_table(specs: Sequence[ColumnSpec], roles: Mapping[str, str] | None = None) -> str:

@@ -31,7 +31,7 @@ def test_predict_with_the_bundled_model_writes_report_and_plot(tmp_path, capsys)
     assert code == 0
     report = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["readout"]
     assert report["risk_group"] in ("low", "intermediate", "high") and 0 <= report["percentile"] <= 100
-    for horizon in ("2y", "5y"):
+    for horizon in ("2 years", "5 years"):
         s = report["survival"][horizon]
         assert 0 <= s["lower"] <= s["estimate"] <= s["upper"] <= 1
     assert (tmp_path / "km.png").read_bytes()[:4] == b"\x89PNG"
@@ -63,7 +63,8 @@ def test_predict_refuses_a_segmentation_without_tumour_and_writes_nothing(tmp_pa
 def test_train_then_predict_with_the_trained_model(larynx_csv, tmp_path, capsys):
     model = tmp_path / "model"
     code = main(["prognosis", "train", "--cohort", str(larynx_csv), "--time", "time_years", "--event", "death",
-                 "--features", "numeric", "--bootstrap", "2", "--cv-repeats", "0", "-o", str(model)])
+                 "--features", "numeric", "--model-kind", "duplus", "--bootstrap", "2", "--cv-repeats", "0",
+                 "-o", str(model)])
     assert code == 0 and (model / "prognosis.json").is_file()
     ehr = _ehr(tmp_path, {"age": 50, "stage": "I"})
     assert main(["prognosis", "predict", "--model", str(model), "--ehr", str(ehr), "--progress", "json"]) == 0

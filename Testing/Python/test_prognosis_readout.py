@@ -49,8 +49,8 @@ def test_km_curve_matches_lifelines_with_band_and_numbers_at_risk():
 def _readout():
     times = list(np.linspace(0, 10, 50))
     curve = list(np.exp(-0.1 * np.array(times)))
-    survival = {"2y": {"time": 2.0, "estimate": 0.82, "lower": 0.7, "upper": 0.9, "beyond_follow_up": False},
-                "5y": {"time": 5.0, "estimate": 0.61, "lower": 0.45, "upper": 0.74, "beyond_follow_up": False}}
+    survival = {"2 years": {"time": 2.0, "estimate": 0.82, "lower": 0.7, "upper": 0.9, "beyond_follow_up": False},
+                "5 years": {"time": 5.0, "estimate": 0.61, "lower": 0.45, "upper": 0.74, "beyond_follow_up": False}}
     return PatientReadout("A 63-year-old man with laryngeal cancer, stage II.", 0.3, float(np.exp(0.3)), 64.0,
                           "intermediate", survival, times, curve, [c * 0.9 for c in curve], [min(1, c * 1.1) for c in curve])
 

@@ -50,7 +50,7 @@ def test_readout_becomes_a_table_node_with_risk_percentile_group_and_survival(mr
     assert quantities == ["risk score", "hazard ratio", "percentile", "survival at 2 years",
                           "survival at 5 years", "risk group"]
     readout = larynx_report["readout"]
-    assert float(table.GetCellText(3, 1)) == pytest.approx(readout["survival"]["2y"]["estimate"], abs=1e-6)
+    assert float(table.GetCellText(3, 1)) == pytest.approx(readout["survival"]["2 years"]["estimate"], abs=1e-6)
     assert float(table.GetCellText(3, 2)) <= float(table.GetCellText(3, 1)) <= float(table.GetCellText(3, 3))
     assert table.GetCellText(5, 4) == readout["risk_group"] == table.GetAttribute("DuPLUS.RiskGroup")
 
