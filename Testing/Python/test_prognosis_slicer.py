@@ -121,3 +121,50 @@ def test_predict_button_path_runs_in_the_background_and_fills_the_scene(mrml_sce
     table, chart = logic.showReadout(report, mrml_scene)
     assert table.GetNumberOfRows() == 6 and chart.GetNumberOfPlotSeriesNodes() > 3
     assert "stage III" in logic.summaryText(report)
+
+
+@pytest.fixture(scope="module")
+def clinic_model(tmp_path_factory):
+    """A model trained on the larynx cohort plus three extra columns (numeric, categorical, ordinal), saved."""
+    import torch
+    from DuPLUSLib.prognosis.cohort import cohort_from_frame, larynx_frame
+    from DuPLUSLib.prognosis.features import encode_patients
+    from DuPLUSLib.prognosis.model import PrognosisConfig
+    from DuPLUSLib.prognosis.pipeline import train_bundle
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1)
+    frame = larynx_frame()
+    frame["crp"] = rng.lognormal(2, 1, 90).round(1)
+    frame["centre"] = rng.choice(["north", "south", "east"], 90)
+    frame["grade"] = rng.choice(["well differentiated", "poorly differentiated"], 90)
+    cohort = cohort_from_frame(frame, "time_years", "death")
+    inputs = encode_patients(cohort.records, covariates=cohort.covariates, columns=cohort.extra_columns)
+    bundle = train_bundle(inputs, cohort, PrognosisConfig(use=("numeric", "extra"), kind="coxph", n_bootstrap=2))
+    return bundle.save(tmp_path_factory.mktemp("models") / "clinic")
+
+
+def test_the_form_is_generated_from_a_saved_models_columns_on_a_real_scene(mrml_scene, clinic_model):
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    fields = logic.extraFormFields(str(clinic_model))
+    assert [(f.name, f.widget) for f in fields] == [("crp", "number"), ("centre", "choice"), ("grade", "choice")]
+    assert sorted(fields[1].choices) == ["", "east", "north", "south"] and fields[1].choices[0] == ""
+    assert fields[2].choices == ["", "well differentiated", "poorly differentiated"]
+    assert fields[0].minimum == 0 and fields[0].maximum > 0
+    assert logic.extraFormFields(None) == []  # the bundled larynx model knows no extra column
+    # the form's values live in the scene's parameter node
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DuPLUSPrognosis")
+    logic.setExtraValues(node, {"crp": "12.5", "centre": "south", "grade": ""})
+    assert node.GetParameter(DuPLUSPrognosis.EXTRA_PARAMETER) == '{"centre": "south", "crp": "12.5"}'
+    values = {"age": 66, "stage": "III", **logic.extraValues(node)}
+    with pytest.raises(EHRValidationError, match="field 'centre': 'atlantis' is not a level this model knows"):
+        logic.validateForm({**values, "centre": "atlantis"}, str(clinic_model))
+    with pytest.raises(EHRValidationError, match="field 'crp': 'high' is not a number"):
+        logic.validateForm({**values, "crp": "high"}, str(clinic_model))
+    report = logic.predict(values, modelFolder=str(clinic_model))
+    drivers = {c["name"]: c["value"] for c in report["readout"]["contributions"]}
+    assert drivers["centre"] == "south" and drivers["crp"] == "12.5" and drivers["grade"] == "missing"
+    assert any("not given: grade" in n for n in report["readout"]["notes"])
+    table, chart = logic.showContributions(report, mrml_scene)
+    assert table.GetNumberOfRows() == len(drivers) and chart.GetNumberOfPlotSeriesNodes() == 1
+    assert table.GetCellText(0, 0).split(" = ")[0] == report["readout"]["contributions"][0]["name"]
