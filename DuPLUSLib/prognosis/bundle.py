@@ -86,7 +86,7 @@ class PrognosisBundle:
             try:
                 covariates[name] = parse_covariate_value(spec, values.get(name))
             except CovariateError as error:
-                raise EHRValidationError(str(error).split(": ", 1)[-1], name) from None
+                raise EHRValidationError(error.detail, name) from None
         return record, covariates
 
     @property

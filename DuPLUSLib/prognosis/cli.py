@@ -22,14 +22,23 @@ from pathlib import Path
 
 __all__ = ["register", "run"]
 
+# Real cohorts shipped with lifelines, for trying the tool on data with columns beyond the schema:
+# name -> (loader, time column, event column, time unit, what it is)
+LIFELINES_COHORTS = {
+    "lung": ("load_lung", "time", "status", "days", "NCCTG advanced lung cancer, 228 patients"),
+    "rossi": ("load_rossi", "week", "arrest", "weeks", "Rossi recidivism after release, 432 people"),
+    "kidney_transplant": ("load_kidney_transplant", "time", "death", "days", "kidney transplant, 863 patients"),
+}
+
 
 def register(subparsers) -> None:
     """Add ``prognosis`` and its subcommands to the ``duplus`` parser."""
     prognosis = subparsers.add_parser("prognosis", help="EHR (+ image) survival model: train, evaluate, predict")
     sub = prognosis.add_subparsers(dest="prognosis_command", required=True, metavar="SUBCOMMAND")
 
-    cohort = sub.add_parser("cohort", help="write an example cohort CSV (larynx: real; synthetic: phantom CTs)")
-    cohort.add_argument("name", choices=["larynx", "synthetic"])
+    cohort = sub.add_parser("cohort", help="write an example cohort CSV (larynx, lung, rossi, kidney_transplant: "
+                                           "real, from lifelines; synthetic: phantom CTs)")
+    cohort.add_argument("name", choices=["larynx", *LIFELINES_COHORTS, "synthetic"])
     cohort.add_argument("-o", "--output", required=True, help="cohort CSV to write")
     cohort.add_argument("--patients", type=int, default=160, help="synthetic cohort size")
     cohort.add_argument("--seed", type=int, default=0)
@@ -109,6 +118,15 @@ def _run_cohort(args: argparse.Namespace) -> int:
         with atomic_output(args.output, args.overwrite) as temporary:
             larynx_frame().to_csv(temporary, index=False)
         print(f"wrote {args.output}: 90 patients (lifelines larynx); train with --time time_years --event death")
+        return 0
+    if args.name in LIFELINES_COHORTS:
+        import lifelines.datasets
+
+        loader, time_column, event_column, unit, what = LIFELINES_COHORTS[args.name]
+        with atomic_output(args.output, args.overwrite) as temporary:
+            getattr(lifelines.datasets, loader)().to_csv(temporary, index=False)
+        print(f"wrote {args.output}: {what} (lifelines); train with --time {time_column} --event {event_column} "
+              f"--time-unit {unit}")
         return 0
     from .synthetic import write_synthetic_cohort
 

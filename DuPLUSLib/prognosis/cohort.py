@@ -224,7 +224,7 @@ def cohort_from_frame(
         try:
             spec = type_column(column, list(frame[column]))
         except CovariateError as error:
-            raise CohortError(_strip_where(error), None, error.row, column) from None
+            raise CohortError(error.detail, None, error.row, column) from None
         if column in retyped:
             field_ = retyped[column]
             spec.note = (f"named like the schema field '{field_}' but its values are not the schema's codes "

@@ -41,6 +41,7 @@ __all__ = ["ColumnSpec", "CovariateError", "type_column", "encode_covariates", "
 
 KEPT_KINDS = ("numeric", "binary", "ordinal", "categorical", "text")  # read by the model (text: sentence only)
 MODEL_KINDS = ("numeric", "binary", "ordinal", "categorical")  # give numbers to the numeric path
+LARGEST_NUMBER = 1e15  # beyond this a cell is a data-entry error (and squares overflow): refused
 OTHER_LEVEL = "other"
 MISSING_LEVEL = "(missing)"
 
@@ -213,6 +214,10 @@ def type_column(name: str, values: Sequence[Any], rows: Sequence[int] | None = N
     numbers = [_as_number(t) for _, t in present]
     tokens = _name_tokens(name)
     if all(n is not None for n in numbers):
+        for (row, text), number in zip(present, numbers):
+            if abs(number) > LARGEST_NUMBER:
+                raise CovariateError(f"{text!r} is beyond +-{LARGEST_NUMBER:g}; correct the value, rescale the "
+                                     f"column, or leave it out with --exclude '{name}'", None, row, name)
         return _numeric_column(spec, name, np.asarray(numbers, float), len(texts), tokens)
     lowered = [_words(t) for _, t in present]
     for scale, rank in ORDINAL_SCALES:
@@ -296,9 +301,9 @@ def _categorical_column(spec, texts: list[str], n_rows: int, has_missing: bool) 
     elif pooled and kept:  # too few to be a level of their own: they join the most frequent level
         pass
     if len(kept) < 2:
-        return spec("dropped", f"dropped: one level after pooling rare levels ({len(counts)} levels, "
-                    f"fewer than {rare} patients in all but one)",
-                    note="after pooling rare levels only one level is left: nothing to compare", pooled=pooled)
+        return spec("dropped", f"dropped: fewer than two levels with {rare}+ patients ({len(counts)} levels)",
+                    note=f"no two of its {len(counts)} levels have {rare} or more patients each: "
+                         f"nothing to compare", pooled=pooled)
     how = f"categorical: {len(kept)} levels, reference {kept[0]!r}"
     if pooled:
         how += f"; {len(pooled)} rare level(s) pooled into {OTHER_LEVEL!r}" if OTHER_LEVEL in kept else \
@@ -326,8 +331,11 @@ def parse_covariate_value(spec: ColumnSpec, value: Any) -> str | None:
         return None
     text = str(value).strip()
     if spec.kind in ("numeric",):
-        if _as_number(text) is None:
+        number = _as_number(text)
+        if number is None:
             raise CovariateError(f"{value!r} is not a number", spec.name)
+        if abs(number) > LARGEST_NUMBER:
+            raise CovariateError(f"{value!r} is beyond +-{LARGEST_NUMBER:g}", spec.name)
         return text
     if spec.kind == "binary":
         number = _as_number(text)

@@ -51,6 +51,7 @@ class EHRValidationError(DuPLUSError, ValueError):
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
         self.field, self.row, self.column = field, row, column
+        self.detail = message  # the message without where it happened
 
 
 # -------------------------------------------------------------------------------- vocabularies
