@@ -211,6 +211,7 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelFolderChanged(self, folder: str = "") -> None:
         """Rebuild "Further covariates" from the chosen model's column list (typed widgets)."""
         folder = str(folder or "")
+        folder = "" if folder == "." else folder  # an empty pathlib.Path reads as "."
         if folder == self._extraModelFolder:
             return
         self._extraModelFolder = folder
