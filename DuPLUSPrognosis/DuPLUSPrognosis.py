@@ -61,6 +61,11 @@ except ImportError:  # pragma: no cover
 MODULE_NAME = "DuPLUSPrognosis"
 READOUT_ATTRIBUTE = "DuPLUS.PrognosisReadout"  # marks the nodes this module made, to reuse them
 EXTRA_PARAMETER = "DuPLUS.ExtraCovariates"  # parameter-node entry: JSON {column: value} of the generated form
+SIDE_BY_SIDE_LAYOUT_ID = 5130  # a layout of two plot views: Kaplan-Meier, then what drove the risk
+SIDE_BY_SIDE_LAYOUT = """<layout type="horizontal" split="true">
+ <item><view class="vtkMRMLPlotViewNode" singletontag="PlotView1"><property name="viewlabel" action="default">P</property></view></item>
+ <item><view class="vtkMRMLPlotViewNode" singletontag="DuPLUSContributions"><property name="viewlabel" action="default">C</property></view></item>
+</layout>"""
 GROUP_COLOURS = {"low": (0.18, 0.49, 0.20), "low-intermediate": (0.49, 0.70, 0.26),
                  "intermediate": (0.98, 0.66, 0.15), "high-intermediate": (0.94, 0.42, 0.0),
                  "high": (0.78, 0.16, 0.16), "all": (0.27, 0.35, 0.39)}
@@ -294,10 +299,10 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(str(self.logic.lastError), windowTitle=_("DuPLUS Prognosis"))
             return
         table, chart = self.logic.showReadout(self.logic.lastReport)
-        self.logic.showContributions(self.logic.lastReport)
+        _, contributionChart = self.logic.showContributions(self.logic.lastReport)
         self.ui.readoutTextBrowser.plainText = self.logic.summaryText(self.logic.lastReport)
         self.ui.statusLabel.text = _("Done.")
-        self.logic.showChartInPlotView(chart)
+        self.logic.showChartsSideBySide(chart, contributionChart)
 
 
 # ----------------------------------------------------------------------------------- logic
@@ -645,6 +650,25 @@ class DuPLUSPrognosisLogic(ScriptedLoadableModuleLogic):
         """Switch the layout to show the plot (inside the Slicer application only)."""
         if IN_SLICER_APPLICATION:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    @classmethod
+    def showChartsSideBySide(cls, kaplanMeierChart, contributionChart) -> None:
+        """The Kaplan-Meier chart and the contribution bars in two plot views side by side (Slicer only);
+        if the layout cannot be made, the Kaplan-Meier chart alone, with a warning in the log."""
+        if not IN_SLICER_APPLICATION:
+            return
+        try:
+            layoutManager = slicer.app.layoutManager()
+            layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+            if not layoutNode.IsLayoutDescription(SIDE_BY_SIDE_LAYOUT_ID):
+                layoutNode.AddLayoutDescription(SIDE_BY_SIDE_LAYOUT_ID, SIDE_BY_SIDE_LAYOUT)
+            layoutManager.setLayout(SIDE_BY_SIDE_LAYOUT_ID)
+            for index, chart in enumerate((kaplanMeierChart, contributionChart)):
+                layoutManager.plotWidget(index).mrmlPlotViewNode().SetPlotChartNodeID(chart.GetID())
+        except (AttributeError, RuntimeError) as error:
+            logging.warning(f"DuPLUS Prognosis: two plot views could not be laid out ({error}); "
+                            f"showing the Kaplan-Meier chart only")
+            cls.showChartInPlotView(kaplanMeierChart)
 
 
 # ----------------------------------------------------------------------------------- self-test

@@ -172,6 +172,10 @@ class PatientReadout:
                          f"(95% interval {100 * s['lower']:.0f}-{100 * s['upper']:.0f}%){note}.")
         if self.contribution_text():
             lines.append(self.contribution_text())
+        if self.model_kind:
+            kind = {"coxph": "penalised CoxPH", "head": "DuPLUS text + numbers head", "ensemble":
+                    "ensemble of penalised CoxPH and the DuPLUS head"}.get(self.model_kind, self.model_kind)
+            lines.append(f"Model: {kind}.")
         lines.extend(f"Note: {n}" for n in self.notes)
         return "\n".join(lines)
 

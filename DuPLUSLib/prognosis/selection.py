@@ -17,7 +17,7 @@ outer folds: the textbook baseline the selection must not fall below.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
