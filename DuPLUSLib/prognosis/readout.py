@@ -98,7 +98,12 @@ class RiskReference:
         if groups not in GROUP_LABELS:
             raise ValueError(f"risk groups must be 1 to 4, not {groups}")
         risk, time, event = np.asarray(risk, float), np.asarray(time, float), np.asarray(event, bool)
-        thresholds = [float(q) for q in np.quantile(risk, np.arange(1, groups) / groups)]
+        # Quantile cut points that tie (few distinct risks, e.g. one binary covariate) would leave groups
+        # empty and label the lowest-risk patients "intermediate": keep only cut points that split
+        # patients, and name the groups by how many there really are.
+        quantiles = np.quantile(risk, np.arange(1, groups) / groups)
+        thresholds = sorted({float(q) for q in quantiles if q > risk.min()})
+        groups = len(thresholds) + 1
         membership = np.searchsorted(thresholds, risk, side="right")
         ticks = _nice_ticks(float(time.max()))
         curves = [KaplanMeierCurve.fit(label, time[membership == g], event[membership == g], ticks)

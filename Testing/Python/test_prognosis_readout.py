@@ -66,3 +66,14 @@ def test_summary_text_states_group_percentile_and_both_horizons():
     text = _readout().summary_text()
     assert "64th percentile: intermediate risk group" in text
     assert "at 2 years: 82% (95% interval 70-90%)" in text and "at 5 years: 61%" in text
+
+
+def test_risk_groups_with_tied_risks_are_named_by_how_many_there_really_are():
+    """One binary covariate gives two distinct risks: two groups, low and high, neither empty."""
+    risk = np.array([-0.2] * 47 + [0.3] * 33)
+    time = np.linspace(1, 80, 80)
+    event = np.arange(80) % 3 != 0
+    reference = RiskReference.build(risk, time, event, groups=3)
+    assert reference.labels == ["low", "high"] and [c.patients for c in reference.curves] == [47, 33]
+    assert reference.group_of(-0.2) == "low" and reference.group_of(0.3) == "high"
+    assert RiskReference.build(np.zeros(10), np.arange(1, 11.0), np.ones(10, bool)).labels == ["all"]
