@@ -120,6 +120,7 @@ ORDINAL_NAME_TOKENS = {"ecog", "ps", "karnofsky", "karno", "kps", "zubrod", "who
 CATEGORY_NAME_TOKENS = {"inst", "institution", "centre", "center", "site", "subsite", "hospital", "clinic",
                         "country", "region", "race", "ethnicity", "ethnic", "treatment", "tx", "trt", "arm",
                         "group", "type", "histology", "location", "surgeon", "subtype", "origin"}
+ID_NAME_TOKENS = {"id", "case", "no", "nr", "number", "record", "row", "index", "subject", "patient", "mrn", "key"}
 DATE_NAME_TOKENS = {"date", "dt", "dob", "datetime", "timestamp", "day", "diagdate"}
 DATE_PATTERN = re.compile(
     r"^(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?)?|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}"
@@ -256,7 +257,23 @@ def _refuse_dates(name: str, present: list[tuple[int, str]]) -> None:
         None, row, name)
 
 
+def _sentinel_note(distinct: np.ndarray) -> str:
+    """A note when the largest code looks like a "missing" code (9, 99, 999 well above the rest)."""
+    if 3 <= len(distinct) <= 12 and distinct[-1] in (9, 99, 999) and distinct[-1] > 2 * max(distinct[-2], 1):
+        return (f"the value {distinct[-1]:g} stands apart from the other codes ({_fmt(distinct[0])}-"
+                f"{_fmt(distinct[-2])}); if it means 'not recorded', recode it as empty: it is read as a number")
+    return ""
+
+
 def _numeric_column(spec, name: str, numbers: np.ndarray, n_rows: int, tokens: set[str]) -> ColumnSpec:
+    column = _numeric_column_kind(spec, name, numbers, n_rows, tokens)
+    if column.kind != "dropped" and not column.note:
+        integer = bool(np.all(numbers == np.round(numbers)))
+        column.note = _sentinel_note(np.unique(numbers)) if integer else ""
+    return column
+
+
+def _numeric_column_kind(spec, name: str, numbers: np.ndarray, n_rows: int, tokens: set[str]) -> ColumnSpec:
     integer = bool(np.all(numbers == np.round(numbers)))
     distinct = np.unique(numbers)
     low, high = float(numbers.min()), float(numbers.max())
@@ -264,6 +281,11 @@ def _numeric_column(spec, name: str, numbers: np.ndarray, n_rows: int, tokens: s
     if integer and len(distinct) == n_rows == len(numbers) and high - low == n_rows - 1:
         return spec("dropped", "dropped: the numbers 1..N, one per patient (an id in disguise)",
                     note="consecutive whole numbers, one per patient: a row number or id, not a measurement")
+    if integer and len(distinct) == n_rows == len(numbers) >= 10 and (
+            bool(np.all(np.diff(numbers) > 0)) or tokens & ID_NAME_TOKENS):
+        why = "increasing down the file" if np.all(np.diff(numbers) > 0) else "named like an id"
+        return spec("dropped", f"dropped: a distinct whole number per patient, {why} (an id in disguise)",
+                    note=f"a different whole number for every patient, {why}: a case number, not a measurement")
     if len(distinct) == 2:
         counts = {v: int(np.sum(numbers == v)) for v in distinct}
         if set(distinct) == {0.0, 1.0}:  # already a 0/1 code: keep its meaning

@@ -205,3 +205,13 @@ def test_the_form_fields_follow_the_columns(clinic):
     assert fields["centre"].choices == ["", "north", "south", "east", "harbour", "island"]
     assert fields["haemoglobin"].widget == "number" and fields["haemoglobin"].minimum == 0
     assert fields["note"].widget == "text"
+
+
+def test_case_numbers_and_missing_codes_are_named():
+    case = type_column("CASE", [1, 2, 3, 5, 8, 9, 10, 12, 13, 15, 16, 20])  # gaps: rows were removed
+    assert case.kind == "dropped" and "increasing down the file" in case.how
+    shuffled = type_column("record_no", [5, 3, 9, 1, 12, 7, 2, 30, 4, 8])
+    assert shuffled.kind == "dropped" and "named like an id" in shuffled.how
+    grade = type_column("grade", [1, 2, 3, 2, 1, 9, 3, 2, 1, 9, 2, 3])
+    assert grade.kind == "ordinal" and "the value 9 stands apart" in grade.note
+    assert type_column("nodes", [0, 3, 1, 12, 2, 0, 5, 1, 0, 7]).kind == "numeric"  # a real count stays
