@@ -197,12 +197,11 @@ def _progress_reporter(kind: str):
     from tqdm import tqdm
 
     bar = tqdm(total=100, unit="%", bar_format="{desc:<40}{percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr)
-    weights = {"loading": (0, 5), "preprocessing": (5, 10), "inference": (10, 90), "postprocessing": (90, 97), "writing": (97, 100)}
+    from .progress import overall_percent
 
     def report(stage: str, fraction: float, message: str) -> None:
-        start, end = weights.get(stage, (0, 100))
         bar.set_description_str(f"{stage}: {message}"[:40])
-        bar.n = int(start + (end - start) * fraction)
+        bar.n = overall_percent(stage, fraction)
         bar.refresh()
 
     return report, bar.close
