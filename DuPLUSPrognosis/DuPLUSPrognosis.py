@@ -17,7 +17,7 @@ from typing import Annotated
 
 import slicer
 
-from DuPLUSLib.errors import CancelledError
+from DuPLUSLib.errors import CancelledError, DuPLUSError
 from DuPLUSLib.progress import overall_percent
 from DuPLUSLib.prognosis.form import FORM_CHOICES, FORM_RANGES, NOT_RECORDED, PACK_YEARS_NOT_RECORDED
 from DuPLUSLib.scripted_module import (Choice, ScriptedLoadableModule, ScriptedLoadableModuleTest,
@@ -112,14 +112,19 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self.pollTimer.stop()
-        self.logic.shutdown()
+        if self.logic:  # setup ran
+            self.pollTimer.stop()
+            self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        """Unbind the GUI but keep the node: a run started here goes on and still reports."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.pollTimer.stop()  # the logic cancels its run itself; no tick may touch the closing scene
@@ -163,13 +168,17 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node = self._parameterNode
         if node is None or not install_with_error_display(self.logic.installer):
             return
-        with slicer.util.tryWithErrorDisplay(_("DuPLUS Prognosis could not start the prediction.")):
-            self.logic.predictAsync(self.formValues(), node.inputVolume, node.tumourSegmentation,
-                                    node.modelFolder or None, onProgress=self.onProgress,
-                                    onFinished=self.onFinished, onError=self.onError, onCancelled=self.onCancelled)
-            self.ui.statusLabel.text = _("Predicting...")
-            self.setBusy(True)
-            self.pollTimer.start()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("DuPLUS Prognosis could not start the prediction.")):
+                self.logic.predictAsync(self.formValues(), node.inputVolume, node.tumourSegmentation,
+                                        node.modelFolder or None, onProgress=self.onProgress, onFinished=self.onFinished,
+                                        onError=self.onError, onCancelled=self.onCancelled)
+        except DuPLUSError as error:  # a form or tumour error, already shown
+            self.ui.statusLabel.text = str(error)
+            return
+        self.ui.statusLabel.text = _("Predicting...")
+        self.setBusy(True)
+        self.pollTimer.start()
 
     def onPollTimer(self) -> None:
         if self._parameterNode is None:  # the scene closed under a tick: nothing left to update
@@ -205,9 +214,7 @@ class DuPLUSPrognosisTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        for test in (self.test_PredictAndShowReadout, self.test_ImpossibleAgeIsRefused):
-            self.setUp()
-            test()
+        self_test.run_each(self, [self.test_PredictAndShowReadout, self.test_ImpossibleAgeIsRefused])
 
     def test_PredictAndShowReadout(self) -> None:
         self_test.skip_unless_installed(self, self_test.PROGNOSIS_ENGINE)

@@ -17,7 +17,7 @@ from pathlib import Path
 import slicer
 
 from DuPLUSLib import cascade
-from DuPLUSLib.errors import DuPLUSError, OutputPathError
+from DuPLUSLib.errors import DuPLUSError
 from DuPLUSLib.progress import overall_percent
 from DuPLUSLib.scripted_module import (IN_SLICER_APPLICATION, ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                        ScriptedLoadableModuleWidget, VTKObservationMixin, parameterNodeWrapper, qt,
@@ -118,8 +118,8 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onModalityChanged)
         self.ui.regionComboBox.connect("currentIndexChanged(int)", self.onRegionChanged)
         self.ui.structuresListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", lambda: self._set("device", self.ui.deviceComboBox.currentData or "auto"))
-        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", lambda path: self._set("modelFolder", path))
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
@@ -132,8 +132,9 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self.pollTimer.stop()
-        self.logic.shutdown()
+        if self.logic:  # setup ran
+            self.pollTimer.stop()
+            self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -141,7 +142,11 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.prestartWorker()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        """Unbind the GUI but keep the node: a run started here goes on and still reports."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
         self.pollTimer.stop()  # the logic cancels its run itself; no tick may touch the closing scene
@@ -173,6 +178,12 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _set(self, name: str, value) -> None:
         if self._parameterNode is not None:
             setattr(self._parameterNode, name, value)
+
+    def onDeviceChanged(self) -> None:
+        self._set("device", self.ui.deviceComboBox.currentData or "auto")
+
+    def onModelFolderChanged(self, path: str) -> None:
+        self._set("modelFolder", path)
 
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         """Copy what connectGui does not bind (dropdowns, model path) and refresh the Segment button."""
@@ -293,7 +304,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.submit(request, onProgress=self.onProgress, onLog=self.ui.logTextEdit.appendPlainText,
                               onFinished=self.onFinished, onError=self.onError, onCancelled=self.onCancelled,
                               startTimer=False)  # this widget polls with its own timer, which also shows the time
-        except (DuPLUSError, OutputPathError) as error:
+        except DuPLUSError as error:
             self.onError(error)
             return
         self.pollTimer.start()
@@ -347,33 +358,11 @@ class DuPLUSSegmentTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
-        for test in (self.test_SegmentSampleVolume, self.test_BadInputsAreRefusedBeforeAnyWork):
-            self.setUp()
-            test()
+        self_test.run_each(self, [self.test_SegmentSampleVolume, self.test_BadInputsAreRefusedBeforeAnyWork])
 
     def test_SegmentSampleVolume(self) -> None:
         self_test.skip_unless_installed(self, self_test.SEGMENT_ENGINE)
-        from DuPLUSLib import mrml
-        from DuPLUSLib.imageio import read_image, read_segmentation
-        from DuPLUSLib.ontology import load_ontology
-        from DuPLUSLib.samples import sample_labels_path, sample_volume_path
-
-        volume = mrml.volume_node_from_image(read_image(sample_volume_path()), "DuPLUSSampleCTAbdomen")
-        logic = DuPLUSSegmentLogic()
-        try:
-            segmentation = logic.segment(volume, ["CT/abdomen/liver", "CT/abdomen/spleen"])
-        finally:
-            logic.shutdown()
-        ontology = load_ontology()
-        segments = {s.structure: s for s in mrml.imported_segments(segmentation)}
-        self.assertEqual(sorted(segments), ["liver", "spleen"])
-        _, truth = read_segmentation(sample_labels_path(), ontology)
-        for key, segment in segments.items():
-            self.assertEqual(segment.name, ontology.structures[key].name)
-            self.assertEqual(segment.terminology, ontology.structures[key].terminology.as_slicer_tag())
-            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment.segment_id, volume) > 0
-            overlap = 2.0 * (mask & truth[key]).sum() / max(1, mask.sum() + truth[key].sum())
-            self.assertGreater(overlap, 0.5, f"{key}: Dice {overlap:.2f} against the sample's ground truth")
+        self_test.check_sample_segmentation(self, DuPLUSSegmentLogic(), ["CT/abdomen/liver", "CT/abdomen/spleen"])
 
     def test_BadInputsAreRefusedBeforeAnyWork(self) -> None:
         import numpy as np

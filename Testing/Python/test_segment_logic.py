@@ -24,7 +24,6 @@ slicer = pytest.importorskip("slicer")
 import DuPLUSSegment  # noqa: E402  (the module file, put on sys.path by conftest)
 from DuPLUSLib import mrml  # noqa: E402
 from DuPLUSLib.errors import (  # noqa: E402
-    CancelledError,
     DeviceError,
     InputImageError,
     ModelBundleError,
@@ -32,7 +31,7 @@ from DuPLUSLib.errors import (  # noqa: E402
     UnknownPromptError,
 )
 from DuPLUSLib.ontology import load_ontology  # noqa: E402
-from DuPLUSLib.segment_process import RunnerState, WorkerError  # noqa: E402
+from DuPLUSLib.segment_process import RunnerState, WorkerError, WorkerTimeoutError  # noqa: E402
 from engine_fixtures import dice, save_bright_region_bundle, sphere_volume  # noqa: E402
 
 PROMPTS = ["CT/abdomen/liver", "CT/abdomen/spleen"]
@@ -210,6 +209,22 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was_and_no_process(own_logic, sph
     assert outcome == ["cancelled"]
 
 
+def test_closing_the_scene_mid_run_cancels_it_with_no_error_and_no_process(own_logic, sphere, model_dir, mrml_scene):
+    volume, _ = sphere
+    events, outcome = [], []
+    own_logic.segmentAsync(volume, PROMPTS, model=str(model_dir), onProgress=lambda *a: events.append(a),
+                           onFinished=outcome.append, onError=outcome.append,
+                           onCancelled=lambda: outcome.append("cancelled"))
+    folder = own_logic._workFolder
+    wait_for_progress(own_logic, events)
+    worker = own_logic.workerPid
+    mrml_scene.Clear(0)  # File > Close Scene while the worker segments
+    assert outcome == ["cancelled"] and not own_logic.isBusy
+    assert worker not in worker_processes() and not Path(folder).exists()
+    own_logic.poll()
+    assert outcome == ["cancelled"] and mrml_scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
 def test_a_worker_that_dies_gives_a_clear_error_and_leaves_the_scene(own_logic, sphere, model_dir, mrml_scene):
     volume, _ = sphere
     before = scene_snapshot(mrml_scene)
@@ -229,7 +244,7 @@ def test_a_worker_that_dies_gives_a_clear_error_and_leaves_the_scene(own_logic, 
 
 def test_blocking_segment_raises_cancelled_when_timed_out(own_logic, sphere, model_dir):
     volume, _ = sphere
-    with pytest.raises((TimeoutError, CancelledError)):
+    with pytest.raises(WorkerTimeoutError, match="did not finish within 0 s and was cancelled"):
         own_logic.segment(volume, PROMPTS, model=str(model_dir), timeout=0.2)
     assert not own_logic.isBusy and own_logic.workerPid is None
 

@@ -108,7 +108,7 @@ def test_ui_has_every_widget_the_module_file_uses(module):
 
 
 # ----------------------------------------------------------------------------- thin module files
-THIN_LIMITS = {"DuPLUSSegment": 400, "DuPLUSPrognosis": 240}
+THIN_LIMITS = {"DuPLUSSegment": 390, "DuPLUSPrognosis": 240}  # SlicerNNUnet-like; the Segment widget fills its prompt cascade
 PLUMBING = {"subprocess", "psutil", "tempfile", "shutil", "json", "importlib", "threading", "queue", "torch",
             "numpy", "SimpleITK"}
 
@@ -210,3 +210,18 @@ def test_module_cmake_lists_only_files_that_exist_and_registers_the_self_test(mo
     for name in re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, flags=re.MULTILINE):
         assert (REPOSITORY / module / name).is_file(), name
     assert "slicer_add_python_unittest" in (REPOSITORY / module / "Testing/Python/CMakeLists.txt").read_text(encoding="utf-8")
+
+
+def test_one_stage_enum_and_one_table_of_progress_spans():
+    from DuPLUSLib.progress import PROGRESS_SPANS, Stage, overall_percent
+
+    assert set(PROGRESS_SPANS) == set(Stage)
+    segment = [Stage.LOADING, Stage.PREPROCESSING, Stage.INFERENCE, Stage.POSTPROCESSING, Stage.WRITING, Stage.IMPORTING]
+    bar = [overall_percent(stage, f) for stage in segment for f in (0.0, 0.5, 1.0)]
+    assert bar == sorted(bar) and bar[0] == 0 and bar[-1] == 100
+    assert overall_percent("predicting", 1.0) <= overall_percent("writing", 0.0)
+    assert overall_percent("something new", 0.5) == 50 and overall_percent("inference", 7.0) == 90
+    sources = [*(REPOSITORY / "DuPLUSLib").rglob("*.py"), REPOSITORY / "DuPLUSSegment/DuPLUSSegment.py",
+               REPOSITORY / "DuPLUSPrognosis/DuPLUSPrognosis.py"]
+    tables = [p.name for p in sources if re.search(r"""["']inference["']\s*:\s*\(""", p.read_text(encoding="utf-8"))]
+    assert tables == [], f"a second table of progress spans in {tables}"
