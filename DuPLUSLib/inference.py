@@ -115,7 +115,7 @@ class Segmenter:
     def ontology(self):
         return self.bundle.ontology
 
-    def parse_prompts(self, texts: Sequence[str], modality: str | None = None) -> list[Prompt]:
+    def parse_prompts(self, texts: Sequence[str | Prompt], modality: str | None = None) -> list[Prompt]:
         prompts = self.ontology.parse_many(texts, modality)
         if not prompts:
             raise UnknownPromptError("no prompt given; e.g. -p CT/abdomen/liver")
@@ -276,7 +276,7 @@ def _group_by_context(prompts: Sequence[Prompt]) -> dict[tuple[str, str], list[P
 # ------------------------------------------------------------------------------- file in, file out
 def segment_file(
     input_path: str | os.PathLike[str],
-    prompts: Sequence[str],
+    prompts: Sequence[str | Prompt],
     output_path: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | None = None,
@@ -303,9 +303,9 @@ def segment_file(
     outputs = [Path(p) for p in (output_path, report, preview) if p is not None]
     for path in outputs:
         check_output_path(path, overwrite)
+    prompts = load_ontology().parse_many(prompts, modality)  # parsed once: a typo fails now, not after the model loads
     if probabilities_dir is not None:
         _check_probability_folder(Path(probabilities_dir), prompts, modality, overwrite)
-    load_ontology().parse_many(prompts, modality)  # a typo fails now, not after the model loads
     progress("loading", 0.0, f"reading {Path(input_path).name}")
     image = read_image(input_path, series_uid)
     if segmenter is None:

@@ -171,7 +171,7 @@ class Worker:
 
         from .ontology import load_ontology
 
-        load_ontology().parse_many(request["prompts"], request.get("modality"))  # a typo fails at once
+        prompts = load_ontology().parse_many(request["prompts"], request.get("modality"))  # parsed once; a typo fails at once
         if "DuPLUSLib.inference" not in sys.modules:  # the first request pays for the imports: say so
             progress("loading", 0.0, "starting PyTorch and MONAI")
         from .inference import segment_file
@@ -179,7 +179,7 @@ class Worker:
         segmenter, reused, load_seconds = self.segmenter_for(request.get("model"), request.get("device") or "auto", progress)
         summary = segment_file(
             request["input"],
-            list(request["prompts"]),
+            prompts,
             request["output"],
             segmenter=segmenter,
             modality=request.get("modality"),

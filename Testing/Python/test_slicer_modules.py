@@ -167,6 +167,9 @@ def test_the_segment_request_is_parsed_and_checked_once(mrml_scene):
     prompts = cascade.compose("CT", "abdomen", ["liver", "spleen"])
     request = logic.prepare(volume, prompts, output)
     assert request.prompts == tuple(prompts)  # the parsed prompts are passed on, not parsed again
+    from DuPLUSLib.ontology import load_ontology
+
+    assert all(a is b for a, b in zip(load_ontology().parse_many(prompts), prompts))  # later steps pass them through
     assert request.segment_names == ("liver", "spleen") and request.clashes == ("liver",)  # names compare case-blind
     assert request.worker_message(__import__("pathlib").Path("/w"))["prompts"] == ["CT/abdomen/liver", "CT/abdomen/spleen"]
     with pytest.raises(OutputPathError, match="already has segment"):
