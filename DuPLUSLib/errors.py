@@ -87,6 +87,7 @@ ERROR_MODULES: dict[str, str] = {
     "DatasetFetchError": "DuPLUSLib.datasets.sources",
     "ChecksumError": "DuPLUSLib.datasets.fetch",
     "RegistryUnreachableError": "DuPLUSLib.datasets.fetch",
+    "LayoutError": "DuPLUSLib.datasets.layouts.common",
     "EHRValidationError": "DuPLUSLib.prognosis.ehr",
     "CohortError": "DuPLUSLib.prognosis.cohort",
     "NoTumourError": "DuPLUSLib.prognosis.image_features",
