@@ -48,6 +48,9 @@ class VolumeImage:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # LPS, columns = i, j, k axes
     metadata: dict[str, str] = field(default_factory=dict)
+    # the files of the DICOM series it was read from, in slice (k) order; empty for other sources.
+    # A DICOM SEG output references these instances.
+    dicom_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
@@ -105,8 +108,9 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input image '{path}' does not exist")
+    files: tuple[str, ...] = ()
     if path.is_dir():
-        image = _read_dicom_folder(path, series_uid)
+        image, files = _read_dicom_folder(path, series_uid)
     elif series_uid is not None:
         raise InputImageError(f"a series UID was given but '{path}' is a file, not a DICOM folder")
     else:
@@ -115,7 +119,9 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputImageError(f"cannot read '{path}' as an image: {_first_line(error)}") from None
-    return _volume_from_sitk(image, path)
+    volume = _volume_from_sitk(image, path)
+    volume.dicom_files = files
+    return volume
 
 
 def _refuse_if_too_large(path: Path) -> None:
@@ -170,7 +176,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None = None):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        return reader.Execute(), tuple(str(f) for f in files)
     except RuntimeError as error:
         raise InputImageError(f"cannot read the DICOM series in '{folder}': {_first_line(error)}") from None
 
