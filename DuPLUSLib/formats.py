@@ -36,6 +36,7 @@ __all__ = [
     "FORMATS",
     "check_format_input",
     "default_suffix",
+    "format_for_path",
     "output_files",
     "split_folder",
     "write_dicom_seg",
@@ -57,6 +58,16 @@ def default_suffix(format: str) -> str:
 def _check_format(format: str) -> None:
     if format not in FORMATS:
         raise OutputPathError(f"unknown output format '{format}'; choose one of: {', '.join(FORMATS)}")
+
+
+def format_for_path(path: str | os.PathLike[str]) -> str:
+    """The format an output's ending implies: ``.nii``/``.nii.gz`` NIfTI, ``.dcm`` DICOM SEG, else ``.seg.nrrd``."""
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith(".dcm"):
+        return "dicom-seg"
+    return "seg.nrrd"
 
 
 def label_table_path(path: str | os.PathLike[str]) -> Path:
