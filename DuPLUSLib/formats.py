@@ -273,8 +273,12 @@ def write_dicom_seg(
     pixels = np.zeros((*reference.array.shape, len(segments)), dtype=np.uint8)
     for index, segment in enumerate(segments):
         pixels[..., index] = segment.mask
+    import warnings
+
     try:
-        seg = _segmentation(hd, sources, pixels, descriptions, series_description)
+        with warnings.catch_warnings():  # highdicom's style notes on the source's patient name are not ours to fix
+            warnings.filterwarnings("ignore", message=".*person name.*", category=UserWarning)
+            seg = _segmentation(hd, sources, pixels, descriptions, series_description)
     except (ValueError, AttributeError) as error:  # highdicom's checks of the source headers
         raise InputImageError(f"cannot write a DICOM SEG for this series: {error}") from None
     del pixels
