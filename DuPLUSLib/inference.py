@@ -64,7 +64,7 @@ class SegmentationResult:
         voxel_ml = float(np.prod(self.reference.spacing)) / 1000.0
         entries = []
         for prompt, segment in zip(self.prompts, self.segments):
-            count = int(segment.mask.sum())
+            count = segment.voxel_count()
             structure = segment.structure
             entries.append(
                 {
@@ -181,9 +181,10 @@ class Segmenter:
                 mask = prob >= self.settings.threshold
                 confidence = float(prob[mask].mean()) if mask.any() else None
                 kept[prompt.key] = prob
+                box = None
             else:  # only where the mask can be: most of the post-processing time on a big CT
-                mask, confidence = resample_mask_above(on_model_grid, image, self.settings.threshold)
-            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence))
+                mask, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold, with_box=True)
+            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence, box))
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(

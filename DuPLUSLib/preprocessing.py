@@ -138,6 +138,9 @@ def canonical_grid(image: VolumeImage, spacing: tuple[float, float, float]) -> V
     )
 
 
+_SITK_NATIVE = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)}
+
+
 def resample_onto(
     source: VolumeImage,
     target: VolumeImage,
@@ -153,14 +156,18 @@ def resample_onto(
         "nearest": sitk.sitkNearestNeighbor,
         "bspline": sitk.sitkBSpline,
     }
-    src = to_sitk(source.with_array(source.array.astype(np.float32, copy=False)))
+    array = source.array
+    if array.dtype not in _SITK_NATIVE:  # bool and exotic types; others are read as they are (no float copy)
+        array = array.astype(np.float32)
+    src = to_sitk(source.with_array(array))
     reference = to_sitk(target.with_array(np.zeros(target.array.shape, dtype=np.uint8)))
     default = float(source.array.min()) if fill is None else float(fill)
     out = sitk.Resample(src, reference, sitk.Transform(), interpolators[interpolation], default, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float) -> tuple[np.ndarray, float | None]:
+def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float,
+                        with_box: bool = False):
     """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true,
     with the mean resampled value inside the mask (None for an empty mask).
 
@@ -168,12 +175,13 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     target voxel can reach ``threshold`` only if one of those source voxels does. The source voxels
     at or above it, grown by one voxel, bound every such point; only the target voxels inside that
     box's footprint are resampled. The result is identical to the full resampling, and a structure
-    that covers a small part of a large CT costs a small part of its time.
+    that covers a small part of a large CT costs a small part of its time. With ``with_box`` the
+    region of the target that was resampled (``[k, j, i]`` slices, or None) comes third.
     """
     out = np.zeros(target.array.shape, dtype=bool)
     above = source.array >= threshold
     if not above.any():
-        return out, None
+        return (out, None, None) if with_box else (out, None)
     first, last = _bounding_box(above)
     low = first[::-1] - 1.0  # (i, j, k), grown by the interpolation's reach
     high = last[::-1] + 1.0
@@ -184,14 +192,15 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     start = np.clip(np.floor(in_target[:, :3].min(0)).astype(int) - 1, 0, shape_ijk)
     stop = np.clip(np.ceil(in_target[:, :3].max(0)).astype(int) + 2, 0, shape_ijk)
     if np.any(stop <= start):
-        return out, None
+        return (out, None, None) if with_box else (out, None)
     origin = target.ijk_to_lps @ np.array([*start, 1.0])
     box = VolumeImage(np.zeros(tuple((stop - start)[::-1]), np.uint8), target.spacing, tuple(origin[:3]), target.direction)
     region = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
     values = resample_onto(source, box, "linear", 0.0)
     inside = values >= threshold
     out[region] = inside
-    return out, (float(values[inside].mean()) if inside.any() else None)
+    confidence = float(values[inside].mean()) if inside.any() else None
+    return (out, confidence, region) if with_box else (out, confidence)
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
