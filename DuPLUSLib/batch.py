@@ -243,6 +243,11 @@ def check_outdir(outdir: str | os.PathLike[str]) -> Path:
             f"'{outdir}' is a file; a batch run writes one output per case into a folder: give a folder name with -o"
         )
     if not outdir.exists():
+        if outdir.name.lower().endswith((".seg.nrrd", ".nrrd", ".nii", ".nii.gz", ".dcm")):
+            raise OutputPathError(
+                f"'{outdir}' looks like a file name, but this is a batch (several cases): give -o a folder, "
+                "which gets one output per case and summary.csv"
+            )
         if not outdir.parent.is_dir():
             raise OutputPathError(f"cannot make output folder '{outdir}': folder '{outdir.parent}' does not exist")
         try:
