@@ -79,8 +79,13 @@ def is_batch_request(inputs: Sequence[str], csv_path: str | None, output: str, s
     return path.is_dir() and not _image_series_in(path)
 
 
-def expand_inputs(inputs: Sequence[str], csv_path: str | os.PathLike[str] | None = None) -> list[BatchCase]:
-    """Every case the inputs name, in order, with unique case ids (see the module doc)."""
+def expand_inputs(inputs: Sequence[str], csv_path: str | os.PathLike[str] | None = None,
+                  outdir: str | os.PathLike[str] | None = None) -> list[BatchCase]:
+    """Every case the inputs name, in order, with unique case ids (see the module doc).
+
+    Files and series inside ``outdir`` are not inputs, so a rerun into a folder below the inputs
+    does not take its own outputs for new cases; nor are ``.seg.nrrd`` files, which are results.
+    """
     found: list[tuple[str, Path, str | None, bool]] = []
     if csv_path is not None:
         found += _cases_from_csv(Path(csv_path))
@@ -92,6 +97,9 @@ def expand_inputs(inputs: Sequence[str], csv_path: str | os.PathLike[str] | None
             found.append((_file_case_id(path), path, None, False))
         else:
             found += _cases_in_folder(path)
+    if outdir is not None:
+        skip = Path(outdir).resolve()
+        found = [f for f in found if skip != f[1].resolve() and skip not in f[1].resolve().parents]
     if not found:
         raise BatchError("no cases found in the inputs; give image files (.nrrd, .nii.gz, .mha), "
                          "folders of them, or folders of DICOM series")
@@ -151,7 +159,7 @@ def _modality_of(file: str) -> tuple[str | None, str | None]:
 def _cases_in_folder(root: Path) -> list[tuple[str, Path, str | None, bool]]:
     cases = []
     images = sorted(p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-                    and not p.name.startswith("."))
+                    and not p.name.startswith(".") and not p.name.lower().endswith(".seg.nrrd"))
     cases += [(_file_case_id(p), p, None, False) for p in images]
     for folder, subfolders, _ in os.walk(root):
         subfolders.sort()
@@ -269,14 +277,16 @@ def case_report(outdir: Path, case: BatchCase) -> Path:
     return outdir / f"{case.case_id}.json"
 
 
-def case_is_complete(outdir: Path, case: BatchCase) -> dict | None:
-    """The case's report when it and every file it lists exist, else None."""
+def case_is_complete(outdir: Path, case: BatchCase, format: str | None = None, split: bool = False) -> dict | None:
+    """The case's report when it and every file it lists exist (in ``format``, when given), else None."""
     report = case_report(outdir, case)
     if not report.is_file():
         return None
     try:
         summary = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    if format is not None and (summary.get("format"), bool(summary.get("split"))) != (format, split):
         return None
     files = summary.get("files") or [summary.get("output")]
     if not files or not all(f and Path(f).exists() for f in files):
@@ -399,7 +409,7 @@ def run_batch(
     for position, case in enumerate(selected):
         if cancel and cancel():
             raise CancelledError("batch cancelled")
-        finished = None if overwrite else case_is_complete(outdir, case)
+        finished = None if overwrite else case_is_complete(outdir, case, format, split)
         if finished is not None:
             rows += _rows_of(case, finished)
             counts["skipped"] += 1

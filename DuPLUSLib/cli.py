@@ -203,7 +203,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} names one case's file; in a batch each case's report is OUTDIR/<case>.json "
                                "and the table is OUTDIR/summary.csv (name series in a CSV's series column)")
     shard = parse_shard(args.shard)
-    cases = expand_inputs(args.input, args.inputs)
+    cases = expand_inputs(args.input, args.inputs, outdir=args.output)
     format = args.format or "seg.nrrd"
     if args.split:
         format = "nifti"

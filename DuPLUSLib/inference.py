@@ -335,6 +335,7 @@ def segment_file(
     summary = result.report()
     summary["input"]["path"] = str(Path(input_path).resolve())
     summary["format"] = format
+    summary["split"] = bool(split and format == "nifti")
     summary["output"] = str(Path(output_path).resolve()) if not (format == "nifti" and split) else str(written[0].parent.resolve())
     summary["files"] = [str(p.resolve()) for p in written]
     summary["model"] = {

@@ -134,6 +134,21 @@ def test_merging_before_every_shard_has_run_names_the_missing_shard(cohort, tmp_
         merge_summaries(out)
 
 
+def test_outputs_written_below_the_input_folder_are_not_taken_for_new_cases(cohort, model, capsys):
+    out = cohort / "results"
+    assert run(model, str(cohort), "-o", str(out), "--format", "nifti") == 0
+    capsys.readouterr()
+    assert run(model, str(cohort), "-o", str(out), "--format", "nifti") == 0
+    assert "3 case(s): 0 segmented, 3 already done" in capsys.readouterr().out
+
+
+def test_a_rerun_in_another_format_writes_that_format(cohort, tmp_path, model):
+    out = tmp_path / "out"
+    assert run(model, str(cohort), "-o", str(out)) == 0
+    assert run(model, str(cohort), "-o", str(out), "--format", "nifti") == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]
+
+
 def test_a_csv_names_cases_relative_to_itself_with_their_ids(cohort, tmp_path, model):
     table = tmp_path / "cases.csv"
     table.write_text("case_id,input\npatient-7,cohort/case2.nrrd\npatient-3,cohort/case0.nrrd\n", encoding="utf-8")

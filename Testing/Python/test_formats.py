@@ -113,6 +113,7 @@ def test_dicom_seg_references_the_real_series_and_carries_snomed_codes(rider, tm
 
 
 def test_segment_writes_a_dicom_seg_for_the_real_series_from_the_command_line(rider, tmp_path):
+    """The format follows the output's ending when --format is not given."""
     model = save_bright_region_bundle(tmp_path / "model", patch_size=(32, 32, 32), spacing=(4.0, 4.0, 4.0))
     output = tmp_path / "rider.dcm"
     assert main(["segment", str(RIDER / "ct"), "-p", "CT/thorax/heart", "-o", str(output), "--model", str(model),
