@@ -139,7 +139,8 @@ def child_dynunet(args: argparse.Namespace) -> None:
     with torch.inference_mode():
         started = time.perf_counter()
         sliding_window_inference(tensor, settings.patch_size, settings.window_batch, predict,
-                                 overlap=settings.overlap, mode="gaussian", padding_mode="replicate")
+                                 overlap=settings.overlap, mode="gaussian", padding_mode="constant",
+                                 cval=float(tensor.min()))
         seconds = time.perf_counter() - started
     print(json.dumps({"inference_s": seconds, "windows": windows[0] * settings.window_batch,
                       "grid": list(grid.shape_ijk)}))
