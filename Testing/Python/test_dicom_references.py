@@ -1,9 +1,8 @@
 """DICOM SEG and RTSTRUCT references: read onto the image grid, and used by evaluate and finetune.
 
 The real RIDER Lung CT crop (``Testing/Data/rider_lung_crop``, CC BY 4.0) holds a chest CT series,
-the RTSTRUCT its tumour was contoured in and a DICOM SEG of the same tumour. The ontology has no lung
-tumour, so the evaluation cases map it to ``CT/head_neck/gtvp`` (a primary tumour): what these
-tests check is how the references are read and scored, not anatomy.
+the RTSTRUCT its tumour was contoured in and a DICOM SEG of the same tumour; the evaluation cases map
+the tumour to ``CT/thorax/lung_tumour``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from DuPLUSLib.training.finetune import FinetuneSettings, finetune, prepare_case
 pytest.importorskip("highdicom")
 pytestmark = pytest.mark.usefixtures("one_thread")
 RIDER = Path(__file__).resolve().parents[1] / "Data" / "rider_lung_crop"
-MAPPING = {"modality": "CT", "region": "head_neck", "segments": {"GTVp_test_man": "gtvp"}, "ignore": ["GTVp_test_auto"]}
+MAPPING = {"modality": "CT", "region": "thorax", "segments": {"GTVp_test_man": "lung_tumour"}, "ignore": ["GTVp_test_auto"]}
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +85,10 @@ def test_evaluate_scores_a_model_against_dicom_references(tmp_path, rider, refer
                  "--device", "cpu"]) == 0
     report = json.loads(report_path.read_text(encoding="utf-8"))
     case = report["cases"][0]
-    assert (case["name"], case["modality"], case["region"]) == ("rider-1", "CT", "head_neck")
+    assert (case["name"], case["modality"], case["region"]) == ("rider-1", "CT", "thorax")
     expected = read_reference(RIDER / reference, rider)
     manual = next(s for s in expected if "GTVp_test_man" in s.names)
-    assert case["structures"]["gtvp"]["reference_voxels"] == int(manual.mask.sum())
+    assert case["structures"]["lung_tumour"]["reference_voxels"] == int(manual.mask.sum())
 
 
 def test_finetune_learns_from_dicom_references(tmp_path):
@@ -102,7 +101,7 @@ def test_finetune_learns_from_dicom_references(tmp_path):
 
 
 def test_a_reference_segment_the_mapping_does_not_name_is_refused(tmp_path):
-    mapping = {"modality": "CT", "region": "head_neck", "segments": {"GTVp_test_man": "gtvp"}}
+    mapping = {"modality": "CT", "region": "thorax", "segments": {"GTVp_test_man": "lung_tumour"}}
     data = dicom_dataset(tmp_path / "cohort", "rtstruct.dcm", mapping)
     source = parse_data_spec(f"dicom:{data}")
     with pytest.raises(DatasetError, match="'GTVp_test_auto' are not in the mapping"):

@@ -49,7 +49,7 @@ def rider_segments(image: VolumeImage) -> list[SegmentMask]:
     tumour = np.zeros_like(lung)
     tumour[8:18, 40:90, 40:120] = image.array[8:18, 40:90, 40:120] > -100
     return [SegmentMask(ONTOLOGY.structures["lung_right"], lung, 0.91),
-            SegmentMask(ONTOLOGY.structures["gtvp"], tumour, 0.77),
+            SegmentMask(ONTOLOGY.structures["lung_tumour"], tumour, 0.77),
             SegmentMask(ONTOLOGY.structures["heart"], np.zeros_like(lung), None)]
 
 
@@ -67,8 +67,8 @@ def test_nifti_is_one_label_file_and_a_label_table_in_the_input_geometry(rider, 
     labels = np.asarray(loaded.dataobj).transpose(2, 1, 0)  # nibabel is [i, j, k]
     assert labels.dtype == np.uint8
     table = read_label_table(tmp_path / "case.nii.gz")
-    assert {v: e["structure"] for v, e in table.items()} == {1: "lung_right", 2: "gtvp", 3: "heart"}
-    assert table[2]["terminology"] == ONTOLOGY.structures["gtvp"].terminology.as_slicer_tag()
+    assert {v: e["structure"] for v, e in table.items()} == {1: "lung_right", 2: "lung_tumour", 3: "heart"}
+    assert table[2]["terminology"] == ONTOLOGY.structures["lung_tumour"].terminology.as_slicer_tag()
     np.testing.assert_array_equal(labels == 2, segments[1].mask)  # the later structure wins where they overlap
     np.testing.assert_array_equal(labels == 1, segments[0].mask & ~segments[1].mask)
 
@@ -76,7 +76,7 @@ def test_nifti_is_one_label_file_and_a_label_table_in_the_input_geometry(rider, 
 def test_nifti_split_writes_one_whole_file_per_structure(rider, tmp_path):
     segments = rider_segments(rider)
     written = write_segments(segments, rider, tmp_path / "case.nii.gz", "nifti", split=True)
-    assert sorted(p.name for p in written) == ["gtvp.nii.gz", "heart.nii.gz", "lung_right.nii.gz"]
+    assert sorted(p.name for p in written) == ["heart.nii.gz", "lung_right.nii.gz", "lung_tumour.nii.gz"]
     assert all(p.parent == tmp_path / "case" for p in written)
     for segment in segments:
         loaded = nib.load(str(tmp_path / "case" / f"{segment.structure.key}.nii.gz"))
@@ -99,17 +99,27 @@ def test_dicom_seg_references_the_real_series_and_carries_snomed_codes(rider, tm
 
     seg = highdicom.seg.segread(str(path))
     assert [seg.get_segment_description(n).segment_label for n in seg.get_segment_numbers()] == [
-        "right lung", "primary tumour (GTVp)", "heart"]
-    gtvp = seg.get_segment_description(2)
-    assert (gtvp.segmented_property_type.value, gtvp.segmented_property_type.scheme_designator) == ("108369006", "SCT")
-    assert gtvp.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "63161005"
-    assert gtvp.algorithm_type.value == "AUTOMATIC"
-    assert gtvp.algorithm_identification[0].AlgorithmName == "DuPLUS"
-    assert list(gtvp.RecommendedDisplayCIELabValue) == list(highdicom.color.CIELabColor.from_rgb(255, 0, 0).value)
+        "right lung", "lung tumour", "heart"]
+    tumour = seg.get_segment_description(2)
+    assert (tumour.segmented_property_category.value, tumour.segmented_property_category.scheme_designator) == ("49755003", "SCT")
+    assert (tumour.segmented_property_type.value, tumour.segmented_property_type.meaning) == ("86049000", "Neoplasm, Primary")
+    assert tumour.anatomic_regions[0].value == "39607008"  # lung
+    assert tumour.algorithm_type.value == "AUTOMATIC"
+    assert tumour.algorithm_identification[0].AlgorithmName == "DuPLUS"
+    assert tumour.TrackingID == "lung_tumour"
+    assert list(tumour.RecommendedDisplayCIELabValue) == list(highdicom.color.CIELabColor.from_rgb(255, 85, 0).value)
 
     back = read_dicom_seg(path, rider)
     for segment, read in zip(segments, back):
         np.testing.assert_array_equal(read.mask, segment.mask)
+
+
+def test_a_type_modifier_is_written_inside_the_type_code(rider, tmp_path):
+    tumour = rider_segments(rider)[1].mask
+    path = write_segments([SegmentMask(ONTOLOGY.structures["gtvp"], tumour)], rider, tmp_path / "gtvp.dcm", "dicom-seg")[0]
+    description = highdicom.seg.segread(str(path)).get_segment_description(1)
+    assert description.segmented_property_type.value == "108369006"
+    assert description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "63161005"
 
 
 def test_segment_writes_a_dicom_seg_for_the_real_series_from_the_command_line(rider, tmp_path):
