@@ -40,6 +40,10 @@ def main() -> int:
     parser.add_argument("--shape", default="256x256x150")
     parser.add_argument("--spacing", default="0.8x0.8x1.5", help="mm of the input grid at 512x512x300 (scaled with shape)")
     parser.add_argument("--format", default="seg.nrrd")
+    parser.add_argument("--scatter", type=int, default=3,
+                        help="isolated false-positive voxels per structure, anywhere in the volume, as a "
+                             "preview model leaves them (they stretch a structure's bounding box)")
+    parser.add_argument("--block", type=int, default=8, help="resample_mask_above's block (a huge one: one box)")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split("x"))
     spacing = np.array([float(v) for v in args.spacing.split("x")]) * np.array([512, 512, 300]) / np.array(shape)
@@ -54,8 +58,12 @@ def main() -> int:
         c = np.array(centre) * extent
         distance = ((i - c[0]) / radii[0]) ** 2 + ((j - c[1]) / radii[1]) ** 2 + ((k - c[2]) / radii[2]) ** 2
         probability = (1 / (1 + np.exp(np.minimum(8 * (distance - 1), 50)))).astype(np.float32)
+        rng = np.random.default_rng(len(segments))
+        for _ in range(args.scatter):
+            probability[tuple(rng.integers(0, n) for n in probability.shape)] = 0.9
         started = time.perf_counter()
-        mask, confidence, box = resample_mask_above(model.with_array(probability), image, 0.5, with_box=True)
+        mask, confidence, box = resample_mask_above(model.with_array(probability), image, 0.5, with_box=True,
+                                                    block=args.block)
         timings["postprocessing"] += time.perf_counter() - started
         segments.append(SegmentMask(ontology.structures[key], mask, confidence, box))
     folder = Path(tempfile.mkdtemp(prefix="duplus-profile-"))
