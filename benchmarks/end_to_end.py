@@ -1,10 +1,11 @@
 """What a user waits for: ``duplus segment`` from process start to every file written, on a real CT.
 
-    python benchmarks/end_to_end.py --ct /path/to/ct-series-or-file            # 512 x 512 x 300, 10 structures
+    python benchmarks/end_to_end.py                       # the bundled real CT at 512 x 512 x 300, 10 structures
+    python benchmarks/end_to_end.py --ct /path/to/ct-series-or-file
     python benchmarks/end_to_end.py --ct CT --shape 128x128x75 --sizes 64x64x40,128x128x75 --rounds 1   # a smoke run
 
-The CT (a file or a DICOM series folder) is resampled to ``--shape`` over its own extent and saved
-as NRRD, outside the timing. Then, in turns (``--rounds`` times each):
+The CT (a file or a DICOM series folder; by default the bundled real abdomen CT, TotalSegmentator's
+example scan) is resampled to ``--shape`` over its own extent and saved as NRRD, outside the timing. Then, in turns (``--rounds`` times each):
 
 * the real command, ``python -m DuPLUSLib.cli segment CT -p ... -o out.seg.nrrd --progress json``,
   timed from starting the process to its exit, with the child's own peak RSS (``wait4``); the
@@ -50,9 +51,9 @@ def prepare_ct(source: str | None, shape: tuple[int, int, int], folder: Path) ->
     sys.path.insert(0, str(ROOT))
     from DuPLUSLib.imageio import VolumeImage, read_image, write_image
     from DuPLUSLib.preprocessing import resample_onto
-    from DuPLUSLib.samples import sample_volume_path
+    from DuPLUSLib.samples import real_sample_path
 
-    image = read_image(source or sample_volume_path())
+    image = read_image(source or real_sample_path())
     extent = np.array(image.shape_ijk) * np.array(image.spacing)
     spacing = extent / np.array(shape)
     first_corner = image.ijk_to_lps @ np.array([-0.5, -0.5, -0.5, 1.0])
@@ -208,7 +209,7 @@ def markdown(result: dict, machine: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ct", help="a CT file or DICOM series folder (default: the bundled phantom sample)")
+    parser.add_argument("--ct", help="a CT file or DICOM series folder (default: the bundled real abdomen CT)")
     parser.add_argument("--shape", default="512x512x300")
     parser.add_argument("--sizes", default="128x128x75,256x256x150,512x512x300",
                         help="comma-separated sizes for the slope ('' to skip)")
@@ -232,7 +233,7 @@ def main() -> int:
            "PYTHONPATH": os.pathsep.join([str(ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])}
     folder = Path(tempfile.mkdtemp(prefix="duplus-e2e-"))
     shape = tuple(int(v) for v in args.shape.split("x"))
-    print(f"preparing {args.shape} from {args.ct or 'the bundled sample'} in {folder}", file=sys.stderr)
+    print(f"preparing {args.shape} from {args.ct or 'the bundled real CT'} in {folder}", file=sys.stderr)
     ct = prepare_ct(args.ct, shape, folder)
     duplus, peer = [], []
     for round_ in range(args.rounds):
@@ -252,7 +253,7 @@ def main() -> int:
         print(f"size {text}: {run['seconds']:.1f} s", file=sys.stderr)
     result = summarise(duplus, peer, sizes, args.shape, prompts)
     machine = {"cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-               "cpu": platform.processor() or platform.machine(), "ct": args.ct or "bundled phantom sample"}
+               "cpu": platform.processor() or platform.machine(), "ct": args.ct or "the bundled real abdomen CT (TotalSegmentator's example scan)"}
     Path(args.output).write_text(json.dumps({"machine": machine, **result}, indent=2) + "\n", encoding="utf-8")
     text = markdown(result, machine)
     Path(args.markdown).write_text("# " + text.lstrip("# "), encoding="utf-8")
