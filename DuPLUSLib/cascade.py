@@ -20,12 +20,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import UnknownPromptError
-from .ontology import Ontology, load_ontology
+from .ontology import Ontology, Prompt, load_ontology
 
 __all__ = [
     "ALL_OF_REGION",
     "Choice",
     "ModalityGuess",
+    "compose",
     "compose_prompts",
     "guess_modality",
     "guess_region",
@@ -129,12 +130,25 @@ def compose_prompts(
     all_of_region: bool = False,
     ontology: Ontology | None = None,
 ) -> list[str]:
-    """The prompt keys (``CT/abdomen/liver``) for what the user ticked and typed, in order, once each.
+    """The prompt keys (``CT/abdomen/liver``) for what the user ticked and typed, in order, once each."""
+    return [prompt.key for prompt in compose(modality, region, structures, free_text, all_of_region, ontology)]
+
+
+def compose(
+    modality: str | None,
+    region: str | None,
+    structures: Iterable[str] = (),
+    free_text: str = "",
+    all_of_region: bool = False,
+    ontology: Ontology | None = None,
+) -> list[Prompt]:
+    """The parsed prompts for what the user ticked and typed, in order, once each.
 
     Ticked structures are read in the chosen modality and region; free text may be full prompts
     (``MRI/brain/white matter``), ``REGION/STRUCTURE`` or bare structure names, which take the
     chosen modality (and region, where the structure lies in several). Anything unknown raises
-    :class:`UnknownPromptError` with the valid choices, before any work starts.
+    :class:`UnknownPromptError` with the valid choices, before any work starts. The Slicer module
+    parses here once and passes the :class:`Prompt` objects on.
     """
     ontology = ontology or load_ontology()
     texts: list[str] = []
@@ -157,10 +171,10 @@ def compose_prompts(
                 if region is None:
                     raise
                 prompts.extend(ontology.parse(text, modality=modality, region=region))
-    keys: dict[str, None] = {}
+    unique: dict[str, Prompt] = {}
     for prompt in prompts:
-        keys.setdefault(prompt.key, None)
-    return list(keys)
+        unique.setdefault(prompt.key, prompt)
+    return list(unique.values())
 
 
 # ------------------------------------------------------------------------------------ the guesses

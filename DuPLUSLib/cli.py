@@ -17,7 +17,11 @@ from typing import Callable, Sequence
 
 from .errors import CancelledError, DuPLUSError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+class UsageError(DuPLUSError, ValueError):
+    """Arguments that do not go together (argparse checks each alone)."""
 
 # Subcommands that live with their own package; each module offers register(subparsers).
 # Only the module of the command being run is imported, so `duplus prompts` never loads torch.
@@ -44,13 +48,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     prompts.add_argument("--modality", help="only this modality")
     prompts.set_defaults(run=_run_prompts)
 
-    segment = sub.add_parser("segment", help="segment an image file with text prompts")
-    segment.add_argument("input", help="NRRD, NIfTI, MHA file or a DICOM series folder")
+    segment = sub.add_parser(
+        "segment", help="segment image files, DICOM series or a whole cohort with text prompts",
+        description="One input with -o FILE writes one segmentation. Several inputs, a folder of images or of "
+                    "DICOM series, or --inputs cases.csv, with -o OUTDIR, write one output per case and "
+                    "OUTDIR/summary.csv, loading the model once; a rerun skips finished cases.")
+    segment.add_argument("input", nargs="*",
+                         help="NRRD, NIfTI, MHA files, DICOM series folders, or folders holding either")
+    segment.add_argument("--inputs", metavar="CSV",
+                         help="a case list: an 'input' column (paths relative to the CSV), optional 'case_id' "
+                              "and 'series' columns")
     segment.add_argument("-p", "--prompt", action="append", required=True, dest="prompts",
                          help="MODALITY/REGION/STRUCTURE, e.g. CT/abdomen/liver; '*' for every "
                               "structure of a region; repeat for several")
     segment.add_argument("--series", metavar="UID", help="SeriesInstanceUID, when the DICOM folder holds several")
-    segment.add_argument("-o", "--output", required=True, help="output .seg.nrrd")
+    segment.add_argument("-o", "--output", required=True,
+                         help="output file (one input), or output folder (a batch)")
+    segment.add_argument("--format", choices=["seg.nrrd", "nifti", "dicom-seg"],
+                         help="seg.nrrd (Slicer), nifti (multi-label .nii.gz + .labels.json), or dicom-seg "
+                              "(DICOM input only); default: from the output's ending, else seg.nrrd")
+    segment.add_argument("--split", action="store_true",
+                         help="with --format nifti: one .nii.gz per structure in a folder, as TotalSegmentator")
+    segment.add_argument("--shard", metavar="K/N",
+                         help="process only the cases whose index is K modulo N (K = 0..N-1); "
+                              "then 'duplus merge-shards OUTDIR'")
     segment.add_argument("--model", help="model folder (default: the bundled model)")
     segment.add_argument("--adapter", help="adapter folder from 'duplus finetune', applied on top of --model")
     segment.add_argument("--modality", help="modality for prompts that name only a structure")
@@ -63,7 +84,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                          help="a tqdm bar, JSON lines on stdout (for the Slicer module), or nothing")
     segment.set_defaults(run=_run_segment)
 
-    if command in ("prompts", "segment"):
+    merge = sub.add_parser("merge-shards", help="join the summaries of a sharded batch into OUTDIR/summary.csv")
+    merge.add_argument("outdir", help="the batch output folder the shards wrote into")
+    merge.set_defaults(run=_run_merge_shards)
+
+    if command in ("prompts", "segment", "merge-shards"):
         return parser
     wanted = [PLUGGED_COMMANDS[command]] if command in PLUGGED_COMMANDS else PLUGGED_COMMANDS.values()
     for module_name in dict.fromkeys(wanted):
@@ -127,13 +152,21 @@ def _run_prompts(args: argparse.Namespace) -> int:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    from .batch import is_batch_request
+
+    if not args.input and not args.inputs:
+        raise UsageError("give at least one input (a file or folder) or --inputs cases.csv")
+    if args.split and args.format not in (None, "nifti"):
+        raise UsageError(f"--split writes one NIfTI per structure; it does not apply to --format {args.format}")
+    if is_batch_request(args.input, args.inputs, args.output, args.shard):
+        return _run_batch(args)
     from .inference import segment_file
 
     cancel = _install_stop_handlers()
     progress, close = _progress_reporter(args.progress)
     try:
         summary = segment_file(
-            args.input,
+            args.input[0],
             args.prompts,
             args.output,
             model=args.model,
@@ -147,14 +180,91 @@ def _run_segment(args: argparse.Namespace) -> int:
             progress=progress,
             cancel=cancel,
             series_uid=args.series,
+            format=args.format or ("nifti" if args.split else None),
+            split=args.split,
         )
     finally:
         close()
     if args.progress == "json":
         print(json.dumps({"event": "done", **{k: summary.get(k) for k in ("output", "report", "preview")},
+                          "files": summary["files"], "timings_s": summary["timings_s"],
                           "segments": summary["segments"]}), flush=True)
     else:
         _print_summary(summary)
+    return 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .batch import expand_inputs, parse_shard, run_batch
+
+    for flag, value in (("--report", args.report), ("--preview", args.preview),
+                        ("--probabilities", args.probabilities), ("--series", args.series)):
+        if value:
+            raise UsageError(f"{flag} names one case's file; in a batch each case's report is OUTDIR/<case>.json "
+                               "and the table is OUTDIR/summary.csv (name series in a CSV's series column)")
+    shard = parse_shard(args.shard)
+    cases = expand_inputs(args.input, args.inputs, outdir=args.output)
+    format = args.format or "seg.nrrd"
+    if args.split:
+        format = "nifti"
+    cancel = _install_stop_handlers()
+    progress, on_case, close = _batch_reporter(args.progress, cases, shard)
+    try:
+        result = run_batch(cases, args.prompts, args.output, model=args.model, adapter=args.adapter,
+                           device=args.device, modality=args.modality, format=format, split=args.split,
+                           overwrite=args.overwrite, shard=shard, progress=progress, on_case=on_case, cancel=cancel)
+    finally:
+        close()
+    line = {"summary": str(result.summary.resolve()), "cases": result.cases, "done": result.done,
+            "skipped": result.skipped, "failed": result.failed}
+    if args.progress == "json":
+        print(json.dumps({"event": "done", **line}), flush=True)
+    else:
+        print(f"{result.cases} case(s): {result.done} segmented, {result.skipped} already done, "
+              f"{result.failed} failed; summary: {result.summary}")
+    return 0 if result.failed == 0 else 4
+
+
+def _batch_reporter(kind: str, cases, shard):
+    from .batch import select_shard
+
+    count = len(select_shard(cases, shard))
+    if kind == "json":
+        def progress(case, position, total, stage, fraction, message) -> None:
+            print(json.dumps({"event": "progress", "case": case.case_id, "case_index": case.index,
+                              "case_position": position, "cases": total, "stage": stage,
+                              "fraction": round(fraction, 4), "message": message}), flush=True)
+
+        def on_case(case, status, info) -> None:
+            event = {"event": "case", "case": case.case_id, "case_index": case.index, "status": status}
+            if status == "failed":
+                event |= info
+            else:
+                event["files"] = info.get("files")
+            print(json.dumps(event), flush=True)
+
+        return progress, on_case, lambda: None
+    if kind == "none":
+        return (lambda *a: None), (lambda *a: None), lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=count, unit="case", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(case, position, total, stage, fraction, message) -> None:
+        bar.set_description_str(f"{case.case_id}: {stage}"[:40])
+
+    def on_case(case, status, info) -> None:
+        bar.update(1)
+        if status == "failed":
+            bar.write(f"{case.case_id}: failed: {info['message']}", file=sys.stderr)
+
+    return progress, on_case, bar.close
+
+
+def _run_merge_shards(args: argparse.Namespace) -> int:
+    from .batch import merge_summaries
+
+    print(f"merged: {merge_summaries(args.outdir)}")
     return 0
 
 
@@ -197,12 +307,11 @@ def _progress_reporter(kind: str):
     from tqdm import tqdm
 
     bar = tqdm(total=100, unit="%", bar_format="{desc:<40}{percentage:3.0f}%|{bar}| {elapsed}", file=sys.stderr)
-    weights = {"loading": (0, 5), "preprocessing": (5, 10), "inference": (10, 90), "postprocessing": (90, 97), "writing": (97, 100)}
+    from .progress import overall_percent
 
     def report(stage: str, fraction: float, message: str) -> None:
-        start, end = weights.get(stage, (0, 100))
         bar.set_description_str(f"{stage}: {message}"[:40])
-        bar.n = int(start + (end - start) * fraction)
+        bar.n = overall_percent(stage, fraction)
         bar.refresh()
 
     return report, bar.close

@@ -8,7 +8,7 @@ import torch
 
 from .errors import DeviceError
 
-__all__ = ["select_device", "autocast_dtype", "describe_devices"]
+__all__ = ["select_device", "autocast_dtype"]
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -65,10 +65,3 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return torch.bfloat16
     return None
 
-
-def describe_devices() -> dict[str, object]:
-    """What this machine offers, for the Slicer module's device box and the report."""
-    info: dict[str, object] = {"torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return info

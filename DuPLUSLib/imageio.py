@@ -48,6 +48,9 @@ class VolumeImage:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # LPS mm
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))  # LPS, columns = i, j, k axes
     metadata: dict[str, str] = field(default_factory=dict)
+    # the files of the DICOM series it was read from, in slice (k) order; empty for other sources.
+    # A DICOM SEG output references these instances.
+    dicom_files: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
@@ -89,6 +92,12 @@ class SegmentMask:
     structure: Structure
     mask: np.ndarray  # bool [k, j, i]
     confidence: float | None = None  # mean probability inside the mask
+    # where the mask can be non-zero, [k, j, i] slices, when the maker knows it (the engine does): writers
+    # and reports then work inside it instead of scanning the whole volume. None: unknown, computed.
+    box: tuple[slice, slice, slice] | None = None
+
+    def voxel_count(self) -> int:
+        return int(self.mask[self.box].sum()) if self.box is not None else int(self.mask.sum())
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -105,8 +114,9 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
     path = Path(path)
     if not path.exists():
         raise InputImageError(f"input image '{path}' does not exist")
+    files: tuple[str, ...] = ()
     if path.is_dir():
-        image = _read_dicom_folder(path, series_uid)
+        image, files = _read_dicom_folder(path, series_uid)
     elif series_uid is not None:
         raise InputImageError(f"a series UID was given but '{path}' is a file, not a DICOM folder")
     else:
@@ -115,7 +125,9 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
             raise InputImageError(f"cannot read '{path}' as an image: {_first_line(error)}") from None
-    return _volume_from_sitk(image, path)
+    volume = _volume_from_sitk(image, path)
+    volume.dicom_files = files
+    return volume
 
 
 def _refuse_if_too_large(path: Path) -> None:
@@ -170,7 +182,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None = None):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        return reader.Execute(), tuple(str(f) for f in files)
     except RuntimeError as error:
         raise InputImageError(f"cannot read the DICOM series in '{folder}': {_first_line(error)}") from None
 
@@ -331,23 +343,64 @@ def pack_layers(masks: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int
     """
     if not masks:
         raise ValueError("no masks to pack")
-    layers: list[np.ndarray] = []
-    placement: list[tuple[int, int]] = []
-    for mask in masks:
-        mask = mask.astype(bool)
-        for index, layer in enumerate(layers):
-            if not np.any(layer[mask]):
-                label = int(layer.max()) + 1
-                if label < 256:
-                    layer[mask] = label
-                    placement.append((index, label))
-                    break
-        else:
-            layer = np.zeros(mask.shape, dtype=np.uint8)
-            layer[mask] = 1
-            layers.append(layer)
-            placement.append((len(layers) - 1, 1))
+    layers, placement, _ = _pack_in_boxes(masks)
     return np.stack(layers), placement
+
+
+def mask_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest ``[k, j, i]`` slices holding every voxel of a mask; None for an empty one.
+
+    From per-axis projections, so a structure's voxels are never listed (memory in proportion to
+    the structure) and untouched pages of a large, mostly empty mask are only read.
+    """
+    flat_k = mask.any(axis=(1, 2))
+    if not flat_k.any():
+        return None
+    ks = np.flatnonzero(flat_k)
+    inner = mask[ks[0]:ks[-1] + 1]
+    js = np.flatnonzero(inner.any(axis=(0, 2)))
+    is_ = np.flatnonzero(inner[:, js[0]:js[-1] + 1].any(axis=(0, 1)))
+    return slice(ks[0], ks[-1] + 1), slice(js[0], js[-1] + 1), slice(is_[0], is_[-1] + 1)
+
+
+def _shift(box, within):
+    """A box found inside ``within`` as slices of the whole volume."""
+    if box is None:
+        return None
+    return tuple(slice(outer.start + inner.start, outer.start + inner.stop) for inner, outer in zip(box, within))
+
+
+def _pack_in_boxes(masks: Sequence[np.ndarray], hints: Sequence[tuple[slice, slice, slice] | None] | None = None):
+    """:func:`pack_layers`' work, done inside each mask's bounding box: a small structure in a large
+    CT costs its box, not the volume. ``hints`` are boxes known to hold each mask (searched within,
+    not trusted as tight). Also returns each mask's tight box (None when empty)."""
+    shape = masks[0].shape
+    layers: list[np.ndarray] = []
+    next_label: list[int] = []
+    placement: list[tuple[int, int]] = []
+    boxes = []
+    for number, mask in enumerate(masks):
+        mask = mask if mask.dtype == bool else mask.astype(bool)
+        hint = hints[number] if hints is not None else None
+        box = mask_box(mask) if hint is None else _shift(mask_box(mask[hint]), hint)
+        boxes.append(box)
+        inside = mask[box] if box is not None else None
+        for index, layer in enumerate(layers):
+            if next_label[index] < 256 and (box is None or not np.any(layer[box][inside])):
+                label = next_label[index]
+                if box is not None:
+                    layer[box][inside] = label
+                next_label[index] += 1
+                placement.append((index, label))
+                break
+        else:
+            layer = np.zeros(shape, dtype=np.uint8)
+            if box is not None:
+                layer[box][inside] = 1
+            layers.append(layer)
+            next_label.append(2)
+            placement.append((len(layers) - 1, 1))
+    return layers, placement, boxes
 
 
 def write_segmentation(
@@ -355,11 +408,15 @@ def write_segmentation(
     reference: VolumeImage,
     path: str | os.PathLike[str],
     overwrite: bool = True,
+    compression_level: int = 1,
 ) -> Path:
     """Write a Slicer ``.seg.nrrd`` in ``reference``'s geometry, overlapping segments as layers.
 
-    Each segment carries its name, colour and terminology; an empty mask is kept as an empty
-    segment so the user sees that the structure was looked for and not found.
+    Each segment carries its name, colour, terminology and extent; an empty mask is kept as an
+    empty segment so the user sees that the structure was looked for and not found. The labelmap
+    keeps the reference's full grid (what every reader expects); what makes writing a large CT
+    fast is gzip level 1 (``compression_level``; a label map compresses about as well as at 9,
+    several times faster) and packing the layers inside each structure's box.
     """
     import slicerio
 
@@ -371,12 +428,17 @@ def write_segmentation(
                 f"mask of '{segment.structure.key}' has shape {segment.mask.shape}, "
                 f"the reference {reference.array.shape}"
             )
-    layers, placement = pack_layers([segment.mask for segment in segments])
-    voxels = np.transpose(layers, (0, 3, 2, 1))  # [layer, i, j, k] as nrrd writes in Fortran order
-    if voxels.shape[0] == 1:
-        voxels = voxels[0]
+    layers, placement, boxes = _pack_in_boxes([segment.mask for segment in segments],
+                                              [segment.box for segment in segments])
+    # nrrd writes [layer, i, j, k] in Fortran order: the transposed view of a C-ordered [k, j, i, layer]
+    # array, so its bytes are taken in memory order without a transposing copy
+    if len(layers) == 1:
+        voxels = layers[0].T
+    else:
+        voxels = np.stack(layers, axis=-1).T
+    del layers
     description = {
-        "voxels": np.ascontiguousarray(voxels),
+        "voxels": voxels,
         "ijkToLPS": reference.ijk_to_lps,
         "containedRepresentationNames": ["Binary labelmap"],
         "segments": [
@@ -387,15 +449,24 @@ def write_segmentation(
                 "layer": layer,
                 "color": [round(c, 6) for c in segment.structure.color_float],
                 "terminology": _slicerio_terminology(segment.structure),
+                "extent": _extent(box),
                 "tags": {"DuPLUS.Structure": segment.structure.key}
                 | ({"DuPLUS.Confidence": f"{segment.confidence:.4f}"} if segment.confidence is not None else {}),
             }
-            for segment, (layer, label) in zip(segments, placement)
+            for segment, (layer, label), box in zip(segments, placement, boxes)
         ],
     }
     with atomic_output(path, overwrite) as temporary:
-        slicerio.write_segmentation(str(temporary), description)
+        slicerio.write_segmentation(str(temporary), description, compression_level=compression_level)
     return Path(path)
+
+
+def _extent(box: tuple[slice, slice, slice] | None) -> list[int]:
+    """Slicer's segment extent, ``i0 i1 j0 j1 k0 k1`` (inclusive); ``0 -1 ...`` for an empty segment."""
+    if box is None:
+        return [0, -1, 0, -1, 0, -1]
+    k, j, i = box
+    return [i.start, i.stop - 1, j.start, j.stop - 1, k.start, k.stop - 1]
 
 
 def _slicerio_terminology(structure: Structure) -> dict:

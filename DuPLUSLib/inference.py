@@ -64,7 +64,7 @@ class SegmentationResult:
         voxel_ml = float(np.prod(self.reference.spacing)) / 1000.0
         entries = []
         for prompt, segment in zip(self.prompts, self.segments):
-            count = int(segment.mask.sum())
+            count = segment.voxel_count()
             structure = segment.structure
             entries.append(
                 {
@@ -115,7 +115,7 @@ class Segmenter:
     def ontology(self):
         return self.bundle.ontology
 
-    def parse_prompts(self, texts: Sequence[str], modality: str | None = None) -> list[Prompt]:
+    def parse_prompts(self, texts: Sequence[str | Prompt], modality: str | None = None) -> list[Prompt]:
         prompts = self.ontology.parse_many(texts, modality)
         if not prompts:
             raise UnknownPromptError("no prompt given; e.g. -p CT/abdomen/liver")
@@ -181,9 +181,10 @@ class Segmenter:
                 mask = prob >= self.settings.threshold
                 confidence = float(prob[mask].mean()) if mask.any() else None
                 kept[prompt.key] = prob
+                box = None
             else:  # only where the mask can be: most of the post-processing time on a big CT
-                mask, confidence = resample_mask_above(on_model_grid, image, self.settings.threshold)
-            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence))
+                mask, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold, with_box=True)
+            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence, box))
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(
@@ -276,7 +277,7 @@ def _group_by_context(prompts: Sequence[Prompt]) -> dict[tuple[str, str], list[P
 # ------------------------------------------------------------------------------- file in, file out
 def segment_file(
     input_path: str | os.PathLike[str],
-    prompts: Sequence[str],
+    prompts: Sequence[str | Prompt],
     output_path: str | os.PathLike[str],
     *,
     model: str | os.PathLike[str] | None = None,
@@ -291,35 +292,52 @@ def segment_file(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     series_uid: str | None = None,
+    format: str | None = None,
+    split: bool = False,
 ) -> dict:
-    """Segment one image file and write the ``.seg.nrrd`` (plus report, preview, probabilities).
+    """Segment one image file and write the segmentation (plus report, preview, probabilities).
 
+    ``format`` is ``seg.nrrd``, ``nifti`` or ``dicom-seg`` (:mod:`.formats`); by default it follows
+    the output's ending (``.nii``/``.nii.gz``: NIfTI, ``.dcm``: DICOM SEG, else ``.seg.nrrd``).
     Outputs are checked before the long work starts, and each is written under a temporary name
     and renamed on success, so a failure or cancel leaves nothing half-written.
     """
+    from .formats import check_format_input, check_output_files, format_for_path, write_result
     from .imageio import write_image
 
+    started = time.perf_counter()
     progress = progress or _no_progress
-    outputs = [Path(p) for p in (output_path, report, preview) if p is not None]
-    for path in outputs:
+    format = format or format_for_path(output_path)
+    prompts = load_ontology().parse_many(prompts, modality)  # parsed once: a typo fails now, not after the model loads
+    check_output_files(output_path, format, [p.structure for p in prompts], split, overwrite)
+    for path in (Path(p) for p in (report, preview) if p is not None):
         check_output_path(path, overwrite)
     if probabilities_dir is not None:
         _check_probability_folder(Path(probabilities_dir), prompts, modality, overwrite)
-    load_ontology().parse_many(prompts, modality)  # a typo fails now, not after the model loads
+    check_format_input(format, input_path, Path(input_path).is_dir())
+    timings: dict[str, float] = {}
     progress("loading", 0.0, f"reading {Path(input_path).name}")
     image = read_image(input_path, series_uid)
+    timings["reading"] = time.perf_counter() - started
     if segmenter is None:
         progress("loading", 0.5, "loading the model")
+        mark = time.perf_counter()
         segmenter = Segmenter(_load_model(model, adapter), device=device)
+        timings["model_loading"] = time.perf_counter() - mark
     parsed = segmenter.parse_prompts(prompts, modality)
     result = segmenter.segment(image, parsed, progress, cancel, keep_probabilities=probabilities_dir is not None)
     if cancel and cancel():
         raise CancelledError("segmentation cancelled")
     progress("writing", 0.0, f"writing {Path(output_path).name}")
-    written = write_segmentation(result.segments, image, output_path, overwrite=overwrite)
+    mark = time.perf_counter()
+    written = write_result(result, output_path, format, split=split, overwrite=overwrite)
+    result.timings = {**timings, **result.timings, "writing": time.perf_counter() - mark}
     summary = result.report()
     summary["input"]["path"] = str(Path(input_path).resolve())
-    summary["output"] = str(written.resolve())
+    summary["format"] = format
+    summary["split"] = bool(split and format == "nifti")
+    summary["output"] = str(Path(output_path).resolve()) if not (format == "nifti" and split) else str(written[0].parent.resolve())
+    summary["files"] = [str(p.resolve()) for p in written]
     summary["model"] = {
         "name": segmenter.bundle.config.name,
         "path": str(segmenter.bundle.path) if segmenter.bundle.path else None,

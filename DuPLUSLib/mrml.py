@@ -143,15 +143,18 @@ def imported_segments(segmentation_node) -> list[ImportedSegment]:
     segments = []
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
-        structure, confidence = vtk.reference(""), vtk.reference("")
+        structure, confidence, terminology = vtk.reference(""), vtk.reference(""), vtk.reference("")
         has_structure = segment.GetTag(IMPORTED_STRUCTURE_TAG, structure)
         has_confidence = segment.GetTag(CONFIDENCE_TAG, confidence)
+        # The terminology through its tag: vtkSegment.GetTerminology() only exists from Slicer 5.9
+        # (2025-03); the tag and GetTerminologyEntryTagName() exist in every version.
+        has_terminology = segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
         segments.append(
             ImportedSegment(
                 segment_id=segmentation.GetNthSegmentID(index),
                 name=segment.GetName(),
                 color=tuple(segment.GetColor()),
-                terminology=segment.GetTerminology() if hasattr(segment, "GetTerminology") else "",
+                terminology=str(terminology) if has_terminology else "",
                 structure=str(structure) if has_structure else None,
                 confidence=float(str(confidence)) if has_confidence and str(confidence) else None,
             )

@@ -232,12 +232,16 @@ class Ontology:
         return [Prompt(modality, regions[0], key)]
 
     def parse_many(
-        self, texts: Iterable[str], modality: str | None = None, region: str | None = None
+        self, texts: Iterable[str | Prompt], modality: str | None = None, region: str | None = None
     ) -> list[Prompt]:
-        """Parse several prompts, dropping repeats but keeping their order."""
+        """Parse several prompts, dropping repeats but keeping their order.
+
+        :class:`Prompt` objects, already parsed, pass through as they are: parse user text once, at
+        the entry point, and hand the parsed prompts on.
+        """
         seen: dict[str, Prompt] = {}
         for text in texts:
-            for prompt in self.parse(text, modality, region):
+            for prompt in [text] if isinstance(text, Prompt) else self.parse(text, modality, region):
                 seen.setdefault(prompt.key, prompt)
         return list(seen.values())
 

@@ -138,6 +138,9 @@ def canonical_grid(image: VolumeImage, spacing: tuple[float, float, float]) -> V
     )
 
 
+_SITK_NATIVE = {np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)}
+
+
 def resample_onto(
     source: VolumeImage,
     target: VolumeImage,
@@ -153,45 +156,107 @@ def resample_onto(
         "nearest": sitk.sitkNearestNeighbor,
         "bspline": sitk.sitkBSpline,
     }
-    src = to_sitk(source.with_array(source.array.astype(np.float32, copy=False)))
+    array = source.array
+    if array.dtype not in _SITK_NATIVE:  # bool and exotic types; others are read as they are (no float copy)
+        array = array.astype(np.float32)
+    src = to_sitk(source.with_array(array))
     reference = to_sitk(target.with_array(np.zeros(target.array.shape, dtype=np.uint8)))
     default = float(source.array.min()) if fill is None else float(fill)
     out = sitk.Resample(src, reference, sitk.Transform(), interpolators[interpolation], default, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float) -> tuple[np.ndarray, float | None]:
+def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float,
+                        with_box: bool = False, block: int = 16):
     """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true,
     with the mean resampled value inside the mask (None for an empty mask).
 
     Linear interpolation is a convex combination of the 2x2x2 source voxels around a point, so a
-    target voxel can reach ``threshold`` only if one of those source voxels does. The source voxels
-    at or above it, grown by one voxel, bound every such point; only the target voxels inside that
-    box's footprint are resampled. The result is identical to the full resampling, and a structure
-    that covers a small part of a large CT costs a small part of its time.
+    target voxel can reach ``threshold`` only if one of those source voxels does. The source is cut
+    into blocks of ``block``^3 voxels; for each block holding voxels at or above the threshold,
+    only the target voxels whose source position lies within those voxels' box grown by one voxel
+    are resampled, from the source cropped around it. Every target voxel that reaches the threshold
+    lies in such a footprint and is computed from the same 2x2x2 voxels as a full resampling would,
+    so the mask is identical to the full one; a structure costs the voxels near it, not its bounding
+    box (a scattered false positive far from an organ no longer makes the box span the CT). When the
+    blocks fill more than a quarter of the voxels' box, one call over that box is cheaper. With
+    ``with_box`` the region of the target that holds the mask (``[k, j, i]`` slices, or None)
+    comes third.
     """
     out = np.zeros(target.array.shape, dtype=bool)
     above = source.array >= threshold
     if not above.any():
-        return out, None
-    first, last = _bounding_box(above)
-    low = first[::-1] - 1.0  # (i, j, k), grown by the interpolation's reach
-    high = last[::-1] + 1.0
-    corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
-    points = corners @ source.ijk_to_lps.T  # LPS
-    in_target = points @ np.linalg.inv(target.ijk_to_lps).T  # continuous (i, j, k) of the target
-    shape_ijk = np.array(target.shape_ijk)
-    start = np.clip(np.floor(in_target[:, :3].min(0)).astype(int) - 1, 0, shape_ijk)
-    stop = np.clip(np.ceil(in_target[:, :3].max(0)).astype(int) + 2, 0, shape_ijk)
-    if np.any(stop <= start):
-        return out, None
-    origin = target.ijk_to_lps @ np.array([*start, 1.0])
-    box = VolumeImage(np.zeros(tuple((stop - start)[::-1]), np.uint8), target.spacing, tuple(origin[:3]), target.direction)
-    region = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
-    values = resample_onto(source, box, "linear", 0.0)
-    inside = values >= threshold
-    out[region] = inside
-    return out, (float(values[inside].mean()) if inside.any() else None)
+        return (out, None, None) if with_box else (out, None)
+    size_ijk = np.array(source.shape_ijk)
+    target_shape = np.array(target.shape_ijk)
+    source_to_target = np.linalg.inv(target.ijk_to_lps) @ source.ijk_to_lps
+    target_to_source = np.linalg.inv(source_to_target)
+    total, count = 0.0, 0
+    low_region, high_region = target_shape.copy(), np.zeros(3, dtype=int)
+    blocks = _active_blocks(above, block)
+    first_all, last_all = _bounding_box(above)
+    whole = len(blocks) * block**3 > 0.25 * np.prod(last_all - first_all + 1)
+    if whole:  # the voxels fill their box: one resampling call over it beats many small ones
+        block = int(max(above.shape))
+        blocks = np.zeros((1, 3), dtype=int)
+    for block_kji in blocks:
+        corner = block_kji * block
+        part = above[tuple(slice(c, c + block) for c in corner)]
+        tight_first, tight_last = _bounding_box(part)  # the block's voxels at or above the threshold
+        first = (corner + tight_first.astype(int))[::-1]  # (i, j, k)
+        last = (corner + tight_last.astype(int))[::-1]
+        low = first - 1.0  # grown by one voxel: where those voxels' interpolation reaches
+        high = last + 1.0
+        corners = np.array([[x, y, z, 1.0] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+        in_target = corners @ source_to_target.T
+        start = np.clip(np.floor(in_target[:, :3].min(0)).astype(int) - 1, 0, target_shape)
+        stop = np.clip(np.ceil(in_target[:, :3].max(0)).astype(int) + 2, 0, target_shape)
+        if np.any(stop <= start):
+            continue
+        crop_low = np.maximum(first - 2, 0)  # a voxel beyond the reach: every owned point's neighbours are inside
+        crop_high = np.minimum(last + 3, size_ijk)
+        if whole:  # one call: every footprint voxel is computed from the whole source, none needs owning
+            crop_low, crop_high = np.zeros(3, dtype=int), size_ijk
+        crop = tuple(slice(a, b) for a, b in zip(crop_low[::-1], crop_high[::-1]))
+        crop_origin = source.ijk_to_lps @ np.array([*crop_low, 1.0])
+        piece = VolumeImage(source.array[crop], source.spacing, tuple(crop_origin[:3]), source.direction)
+        origin = target.ijk_to_lps @ np.array([*start, 1.0])
+        box = VolumeImage(np.zeros(tuple((stop - start)[::-1]), np.uint8), target.spacing, tuple(origin[:3]), target.direction)
+        values = resample_onto(piece, box, "linear", 0.0)
+        inside = values >= threshold
+        if not inside.any():
+            continue
+        if not whole:
+            inside &= _owned(values.shape, start, target_to_source, low, high)
+        region = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
+        new = inside & ~out[region]  # a voxel two footprints share has one value: count it once
+        total += float(values[new].sum(dtype=np.float64))
+        count += int(new.sum())
+        out[region] |= inside
+        low_region, high_region = np.minimum(low_region, start), np.maximum(high_region, stop)
+    confidence = total / count if count else None
+    region = tuple(slice(a, b) for a, b in zip(low_region[::-1], high_region[::-1])) if count else None
+    return (out, confidence, region) if with_box else (out, confidence)
+
+
+def _active_blocks(above: np.ndarray, block: int) -> np.ndarray:
+    """The ``(k, j, i)`` block indices of the ``block``^3 blocks holding any True voxel."""
+    active = above
+    for axis in range(3):
+        active = np.logical_or.reduceat(active, np.arange(0, above.shape[axis], block), axis=axis)
+    return np.argwhere(active)
+
+
+def _owned(shape_kji: tuple[int, int, int], start_ijk: np.ndarray, target_to_source: np.ndarray,
+           low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Which voxels of a target box have their source position within ``[low, high]`` (i, j, k)."""
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape_kji), indexing="ij", sparse=True)
+    owned = np.ones(shape_kji, dtype=bool)
+    for axis in range(3):
+        row = target_to_source[axis]
+        position = (row[0] * (i + start_ijk[0]) + row[1] * (j + start_ijk[1]) + row[2] * (k + start_ijk[2]) + row[3])
+        owned &= (position >= low[axis] - 1e-6) & (position <= high[axis] + 1e-6)
+    return owned
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,12 +13,14 @@ import unittest
 import slicer
 
 __all__ = [
+    "Choice",
     "IN_SLICER_APPLICATION",
     "ScriptedLoadableModule",
     "ScriptedLoadableModuleLogic",
     "ScriptedLoadableModuleTest",
     "ScriptedLoadableModuleWidget",
     "VTKObservationMixin",
+    "WithinRange",
     "parameterNodeWrapper",
     "qt",
     "translate",
@@ -77,8 +79,26 @@ except ImportError:  # outside the application: strings stay as written
 
 
 try:
-    from slicer.parameterNodeWrapper import parameterNodeWrapper
-except ImportError:
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+except ImportError:  # stand-ins that keep what Slicer's validators keep, for the headless contract test
 
     def parameterNodeWrapper(cls):  # type: ignore[no-redef]
         return cls
+
+    class Choice:  # type: ignore[no-redef]
+        """Slicer's ``Choice`` validator: the value must be one of ``choices``."""
+
+        def __init__(self, choices):
+            self.choices = choices
+
+        def __repr__(self) -> str:
+            return f"Choice({self.choices})"
+
+    class WithinRange:  # type: ignore[no-redef]
+        """Slicer's ``WithinRange`` validator: ``minimum <= value <= maximum``."""
+
+        def __init__(self, minimum, maximum):
+            self.minimum, self.maximum = minimum, maximum
+
+        def __repr__(self) -> str:
+            return f"WithinRange({self.minimum}, {self.maximum})"

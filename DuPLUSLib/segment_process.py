@@ -1,15 +1,19 @@
-"""Running the segmentation worker from a GUI or a script: start, talk, poll, cancel, restart.
+"""Running background jobs from a GUI or a script: start, talk, poll, cancel, restart.
 
-The Slicer module must never block its GUI thread on the engine, and Cancel must really stop the
-work. This module holds all of that, in plain Python so it is tested without Qt:
+Both Slicer modules run their work (segmentation, prognosis) in the background worker
+(:mod:`DuPLUSLib.worker`), as request kinds of the same protocol. Neither may block its GUI thread,
+and Cancel must really stop the work. This module holds all of that, in plain Python so it is
+tested without Qt:
 
 * :class:`WorkerProcess` is one ``python -m DuPLUSLib.worker`` process: its events are read on a
   background thread into a queue, its stderr is kept as a log, and :meth:`~WorkerProcess.kill_tree`
-  ends it *and every process it started* (killing only the launcher would leave the child running).
-* :class:`SegmentationRunner` is the small state machine on top (idle -> starting -> segmenting ->
-  importing -> idle, or cancelling -> idle). Nothing happens on the reader thread except queueing:
-  :meth:`~SegmentationRunner.poll` drains the queue and calls the callbacks on the caller's thread,
-  from a ``qt.QTimer`` in Slicer or from :meth:`~SegmentationRunner.wait`'s loop in a script.
+  ends it *and every process it started* (killing only the launcher would leave the child running),
+  with psutil where it is installed and through the process group (or ``taskkill /T``) where not:
+  Slicer bundles no psutil.
+* :class:`BackgroundRunner` is the small state machine on top (idle -> starting -> running ->
+  importing -> idle; cancel goes straight to idle). Nothing happens on the reader thread except
+  queueing: :meth:`~BackgroundRunner.poll` drains the queue and calls the callbacks on the caller's
+  thread, from a ``qt.QTimer`` in Slicer or from :meth:`~BackgroundRunner.wait`'s loop in a script.
 
 A warm worker (the default) is kept between requests, so the second run skips loading torch and
 the model; after a cancel or a crash the next request starts a fresh one.
@@ -24,6 +28,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -34,14 +39,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DuPLUSError
+from .errors import DuPLUSError, error_class
 
 __all__ = [
+    "BackgroundRunner",
     "RunCallbacks",
     "RunnerState",
     "SegmentationRunner",
     "WorkerError",
     "WorkerProcess",
+    "WorkerTimeoutError",
     "error_from_event",
     "worker_command",
     "worker_environment",
@@ -52,12 +59,15 @@ class WorkerError(DuPLUSError, RuntimeError):
     """The worker could not start, stopped unexpectedly, or failed in a way no other error names."""
 
 
+class WorkerTimeoutError(WorkerError, TimeoutError):
+    """A blocking run did not finish in the time given; it was cancelled."""
+
+
 class RunnerState(str, Enum):
     IDLE = "idle"
-    STARTING = "starting"
-    SEGMENTING = "segmenting"
-    IMPORTING = "importing"
-    CANCELLING = "cancelling"
+    STARTING = "starting"  # a new worker is starting; the request waits in its stdin
+    RUNNING = "running"  # the worker is on the request
+    IMPORTING = "importing"  # the worker is done; its result is being brought into the caller
 
 
 # ------------------------------------------------------------------------------ how to start it
@@ -122,28 +132,13 @@ def error_from_event(event: dict[str, Any]) -> DuPLUSError:
     """The library exception an ``error`` event names, with the worker's message."""
     name = str(event.get("error") or "WorkerError")
     message = str(event.get("message") or "the worker reported an error without a message")
-    cls = _library_error_class(name)
+    cls = error_class(name)  # the explicit registry of library errors (DuPLUSLib.errors)
     if cls is not None:
         try:
             return cls(message)
         except TypeError:  # a class that needs more than its message to be built
             pass
     return WorkerError(f"{name}: {message}")
-
-
-def _library_error_class(name: str) -> type[DuPLUSError] | None:
-    """The :class:`DuPLUSError` subclass called ``name`` (engine, training or prognosis), if any.
-
-    Subclasses are found by walking the hierarchy, so an error defined beside the code that raises
-    it (``EHRValidationError``, ``DatasetError``) keeps its class across the process boundary.
-    """
-    pending = [DuPLUSError]
-    while pending:
-        cls = pending.pop()
-        if cls.__name__ == name:
-            return cls
-        pending.extend(cls.__subclasses__())
-    return None
 
 
 # ------------------------------------------------------------------------------ one process
@@ -189,7 +184,7 @@ class WorkerProcess:
             )
         except OSError as error:
             raise WorkerError(
-                f"cannot start the segmentation worker ({self.command[0]}): {error}; check that the "
+                f"cannot start the background worker ({self.command[0]}): {error}; check that the "
                 "extension's Python environment is installed"
             ) from None
         _LIVE_WORKERS.add(self)
@@ -212,14 +207,14 @@ class WorkerProcess:
     def send(self, message: dict[str, Any]) -> None:
         """Write one request line; a worker that is gone raises :class:`WorkerError`."""
         if not self.is_alive():
-            raise WorkerError("the segmentation worker is not running")
+            raise WorkerError("the background worker is not running")
         line = json.dumps(message) + "\n"
         with self._write_lock:
             try:
                 self._process.stdin.write(line)
                 self._process.stdin.flush()
             except (BrokenPipeError, OSError, ValueError) as error:
-                raise WorkerError(f"the segmentation worker stopped taking requests: {error}") from None
+                raise WorkerError(f"the background worker stopped taking requests: {error}") from None
 
     def stderr_tail(self, lines: int = 8) -> list[str]:
         return list(self._stderr_tail)[-lines:]
@@ -235,31 +230,38 @@ class WorkerProcess:
                 pass
         self.kill_tree()
 
+    def wait_for_exit(self, timeout_s: float) -> None:
+        """Give a worker whose output has ended a moment to exit, so that its exit code is known."""
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+
     def kill_tree(self, grace_s: float = 1.0) -> None:
         """End the worker and every process below it: SIGTERM first (it stops between windows and
-        writes nothing), SIGKILL for whatever is still there after ``grace_s``."""
-        import psutil
+        writes nothing), SIGKILL for whatever is still there after ``grace_s``.
 
+        Uses psutil where it is installed. Slicer bundles no psutil, so without it the worker's
+        process group is signalled (it was started in a session of its own) or, on Windows,
+        ``taskkill /T`` ends the tree; ``Popen.kill`` is the last resort.
+        """
         process = self._process
         if process is None:
             return
         try:
-            root = psutil.Process(process.pid)
-            tree = root.children(recursive=True) + [root]
-        except psutil.NoSuchProcess:
-            tree = []
-        for member in tree:
+            import psutil
+        except ImportError:
+            psutil = None
+        if psutil is not None:
+            _kill_tree_with_psutil(psutil, process.pid, grace_s)
+        else:
+            _kill_tree_without_psutil(process, grace_s)
+        if process.poll() is None:
             try:
-                member.terminate()
-            except psutil.NoSuchProcess:
+                process.kill()
+            except OSError:
                 pass
-        _, still_alive = psutil.wait_procs(tree, timeout=grace_s)
-        for member in still_alive:
-            try:
-                member.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(still_alive, timeout=5)
         try:
             process.wait(timeout=5)  # reap it: no zombie left behind
         except subprocess.TimeoutExpired:
@@ -302,10 +304,68 @@ class WorkerProcess:
             pass
 
 
+def _kill_tree_with_psutil(psutil, pid: int, grace_s: float) -> None:
+    try:
+        root = psutil.Process(pid)
+        tree = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        tree = []
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, still_alive = psutil.wait_procs(tree, timeout=grace_s)
+    for member in still_alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(still_alive, timeout=5)
+
+
+def _kill_tree_without_psutil(process: subprocess.Popen, grace_s: float) -> None:
+    """The same end without psutil: the whole process group on POSIX, ``taskkill /T`` on Windows."""
+    if os.name == "nt":
+        try:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return
+    group = process.pid  # start_new_session=True: the worker leads a group holding all it started
+    if not _signal_group(group, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(group, process):
+        time.sleep(0.02)
+    _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, signum: int) -> bool:
+    """Send ``signum`` to a process group; False when no process of the group is left."""
+    try:
+        os.killpg(group, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a pid reused by someone else's process: not ours to signal
+        return False
+    return True
+
+
+def _group_alive(group: int, process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader if it is done, or signal 0 still finds its zombie
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------ the state machine
 @dataclass
 class RunCallbacks:
-    """What the runner calls, always on the thread that calls :meth:`SegmentationRunner.poll`.
+    """What the runner calls, always on the thread that calls :meth:`BackgroundRunner.poll`.
 
     ``on_done`` receives the worker's ``done`` event and does the import (the runner is in the
     ``importing`` state meanwhile); an exception it raises is passed to ``on_error``.
@@ -326,8 +386,11 @@ class _Run:
     last_event: dict | None = None
 
 
-class SegmentationRunner:
-    """Runs requests on a (warm) worker and turns its events into callbacks."""
+class BackgroundRunner:
+    """Runs requests (any kind the worker serves) on a (warm) worker and turns its events into callbacks.
+
+    ``job_name`` names the work in messages ("a prediction is already running").
+    """
 
     def __init__(
         self,
@@ -335,9 +398,11 @@ class SegmentationRunner:
         env: dict[str, str] | None = None,
         warm: bool = True,
         threads: int = 0,
+        job_name: str = "segmentation",
     ):
         self.warm = warm
         self.threads = threads
+        self.job_name = job_name
         self._python = python
         self._env = env
         self._worker: WorkerProcess | None = None
@@ -377,7 +442,7 @@ class SegmentationRunner:
     def submit(self, request: dict[str, Any], callbacks: RunCallbacks | None = None) -> str:
         """Send a request (starting a worker if none is warm); returns its id at once."""
         if self.busy:
-            raise WorkerError(f"a segmentation is already {self.state.value}; wait for it or cancel it")
+            raise WorkerError(f"a {self.job_name} is already {self.state.value}; wait for it or cancel it")
         request = dict(request)
         request.setdefault("id", f"run-{next(self._ids)}")
         self._run = _Run(str(request["id"]), callbacks or RunCallbacks())
@@ -394,7 +459,7 @@ class SegmentationRunner:
                 self._worker, self._run, self.state = None, None, RunnerState.IDLE
                 raise
         else:
-            self.state = RunnerState.SEGMENTING
+            self.state = RunnerState.RUNNING
         try:
             self._worker.send(request)
         except WorkerError:
@@ -422,8 +487,8 @@ class SegmentationRunner:
             if self._worker is not worker:  # the run ended and the worker was let go
                 return self.busy
         if self.busy and self.state is not RunnerState.IMPORTING and (saw_eof or not worker.is_alive()):
-            if not worker.is_alive() or self._wait_for_exit(worker):
-                self._finish_with_error(self._death_error())
+            worker.wait_for_exit(timeout_s=2.0)
+            self._finish_with_error(self._death_error())
         return self.busy
 
     def cancel(self) -> None:
@@ -431,9 +496,8 @@ class SegmentationRunner:
         if not self.busy:
             return
         run = self._run
-        self.state = RunnerState.CANCELLING
-        self._discard_worker()
         self._run, self.state = None, RunnerState.IDLE
+        self._discard_worker()
         if run and run.callbacks.on_cancelled:
             run.callbacks.on_cancelled()
 
@@ -446,7 +510,7 @@ class SegmentationRunner:
         """Poll until the current run ends (the console API's blocking form).
 
         ``between_polls`` runs between polls, e.g. ``slicer.app.processEvents`` to keep the GUI
-        painting. On timeout the run is cancelled and :class:`TimeoutError` raised.
+        painting. On timeout the run is cancelled and :class:`WorkerTimeoutError` raised.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self.poll():
@@ -454,7 +518,7 @@ class SegmentationRunner:
                 between_polls()
             if deadline is not None and time.monotonic() > deadline:
                 self.cancel()
-                raise TimeoutError(f"segmentation did not finish within {timeout_s:.0f} s; cancelled")
+                raise WorkerTimeoutError(f"the {self.job_name} did not finish within {timeout_s:.0f} s and was cancelled")
             time.sleep(interval_s)
 
     def shutdown(self) -> None:
@@ -471,13 +535,13 @@ class SegmentationRunner:
         kind = event.get("event")
         if kind == "ready":
             if self.state is RunnerState.STARTING:
-                self.state = RunnerState.SEGMENTING
+                self.state = RunnerState.RUNNING
             return
         if run is None or str(event.get("id")) != run.request_id:
             return  # an answer to a request nobody waits for any more
         run.last_event = event
         if kind == "progress":
-            self.state = RunnerState.SEGMENTING
+            self.state = RunnerState.RUNNING
             self._call("on_progress", event.get("stage", ""), float(event.get("fraction", 0.0)), event.get("message", ""))
         elif kind == "done":
             self.state = RunnerState.IMPORTING
@@ -522,17 +586,9 @@ class SegmentationRunner:
         detail = f"; its last messages:\n  " + "\n  ".join(tail) if tail else ""
         self._discard_worker()
         return WorkerError(
-            f"the segmentation worker {how} before finishing; nothing was imported. "
-            f"Run Segment again to start a new worker{detail}"
+            f"the background worker {how} before finishing the {self.job_name}; nothing was imported. "
+            f"Run it again to start a new worker{detail}"
         )
-
-    @staticmethod
-    def _wait_for_exit(worker: WorkerProcess, timeout_s: float = 2.0) -> bool:
-        """After its output ended, give the worker a moment to exit so its exit code is known."""
-        deadline = time.monotonic() + timeout_s
-        while worker.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return True
 
     def _discard_worker(self, graceful: bool = False) -> None:
         worker, self._worker = self._worker, None
@@ -542,3 +598,7 @@ class SegmentationRunner:
             worker.close(timeout_s=3.0)
         else:
             worker.kill_tree()
+
+
+# The runner's name before prognosis became a request kind of the same worker; kept for callers.
+SegmentationRunner = BackgroundRunner

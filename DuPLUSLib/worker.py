@@ -1,18 +1,23 @@
 """The background process the Slicer modules talk to: ``python -m DuPLUSLib.worker``.
 
-Segmentation runs outside Slicer's process so the GUI stays responsive, a crash in native code
-cannot take the user's scene with it, and Cancel can end the work at once by ending the process.
-Loading torch and the model takes seconds, so the worker stays alive between requests ("warm")
-and keeps the last model loaded.
+Segmentation and prognosis run outside Slicer's process so the GUI stays responsive, a crash in
+native code cannot take the user's scene with it, and Cancel can end the work at once by ending
+the process. Loading torch and the model takes seconds, so the worker stays alive between requests
+("warm") and keeps the last segmentation model loaded.
 
 Protocol: JSON, one object per line, UTF-8.
 
-Requests on stdin::
+Requests on stdin, of two kinds (``kind`` defaults to ``segment``)::
 
     {"id": "1", "input": "/tmp/in.nrrd", "prompts": ["CT/abdomen/liver"], "output": "/tmp/out.seg.nrrd",
      "model": null, "device": "auto", "report": "/tmp/out.json", "modality": null, "overwrite": false}
+    {"id": "2", "kind": "prognosis", "ehr": {"age": 63, "stage": "III"}, "report": "/tmp/risk.json",
+     "plot": "/tmp/km.png", "model": null, "image": null, "segmentation": null}
     {"command": "ping"}     answered by {"event": "pong"}
     {"command": "quit"}     answered by {"event": "bye"}, then the worker exits 0 (so does EOF)
+
+A prognosis request's ``ehr`` holds the EHR fields and any further columns the model was trained
+with (checked against the model's saved column list before torch loads).
 
 Events on stdout (nothing else is ever written there; stray prints go to stderr)::
 
@@ -20,8 +25,10 @@ Events on stdout (nothing else is ever written there; stray prints go to stderr)
     {"event": "progress", "id": "1", "stage": "inference", "fraction": 0.4, "message": "..."}
     {"event": "done", "id": "1", "output": ..., "report": ..., "segments": [...],
      "model_reused": true, "model_load_s": 0.0, "seconds": 3.2, "device": "cpu"}
+    {"event": "done", "id": "2", "report": ..., "plot": ..., "readout": {...}, "seconds": 1.1}
     {"event": "error", "id": "1", "error": "UnknownPromptError", "message": "..."}
 
+A package missing from the worker's Python is reported as ``MissingDependencyError`` naming it.
 A failed request leaves the worker serving the next one. SIGTERM or SIGINT stops promptly: while
 idle the worker exits at once; while segmenting the run is cancelled between windows (an error
 event ``CancelledError`` is written, nothing is left half-written) and the worker exits; a second
@@ -46,13 +53,18 @@ import traceback
 from typing import IO, Any, Callable, Sequence
 
 from . import __version__
-from .errors import CancelledError, DuPLUSError
+from .errors import CancelledError, DuPLUSError, MissingDependencyError
+from .progress import Stage
 
-__all__ = ["PROTOCOL_VERSION", "Worker", "main"]
+__all__ = ["PROTOCOL_VERSION", "REQUEST_FIELDS", "Worker", "main"]
 
-PROTOCOL_VERSION = 1
-REQUIRED_FIELDS = ("input", "prompts", "output")
-OPTIONAL_FIELDS = ("id", "model", "device", "report", "modality", "overwrite", "preview")
+PROTOCOL_VERSION = 2  # 2: the "kind" field, and prognosis requests
+# Request kind -> (required fields, optional fields).
+REQUEST_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "segment": (("input", "prompts", "output"), ("model", "device", "report", "modality", "overwrite", "preview")),
+    "prognosis": (("ehr", "report"), ("model", "image", "segmentation", "plot", "overwrite")),
+}
+COMMON_FIELDS = ("id", "kind")
 
 
 class ProtocolError(DuPLUSError):
@@ -98,16 +110,21 @@ class Worker:
         return self.handle_request(message)
 
     def handle_request(self, request: dict[str, Any]) -> bool:
-        """Segment one request and emit done or error; returns False after a cancellation."""
+        """Serve one request and emit done or error; returns False after a cancellation."""
         request_id = request.get("id")
         try:
-            _check_request(request)
-            self.emit(self._segment(request))
+            kind = _check_request(request)
+            self.emit(self._segment(request) if kind == "segment" else self._predict(request))
         except CancelledError as error:
             self.emit(_error_event(request_id, error))
             return False
         except DuPLUSError as error:
             self.emit(_error_event(request_id, error))
+        except ImportError as error:  # this Python lacks a package: say which, and what to do
+            missing = getattr(error, "name", None) or str(error)
+            self.emit(_error_event(request_id, MissingDependencyError(
+                f"the worker's Python lacks the package '{missing}'; install the extension's Python "
+                f"packages (Slicer asks on the first run) and try again")))
         except MemoryError as error:
             self.emit({"event": "error", "id": request_id, "error": "ResourceLimitError",
                        "message": f"out of memory: {str(error) or 'the volume is too large'}; crop the volume "
@@ -119,6 +136,34 @@ class Worker:
         return True
 
     # ------------------------------------------------------------------------------ the work
+    def _predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A prognosis request: the EHR (and the image with its tumour) -> readout, report, plot."""
+        request_id = request.get("id")
+        started = time.perf_counter()
+
+        def progress(stage: Stage, fraction: float, message: str) -> None:
+            self.emit({"event": "progress", "id": request_id, "stage": stage.value,
+                       "fraction": round(float(fraction), 4), "message": message})
+
+        from .prognosis.form import validate_patient
+
+        values = validate_patient(request["ehr"], request.get("model"))  # a bad form fails before torch loads
+        progress(Stage.LOADING, 0.0, "loading the prognosis model")
+        from .prognosis.bundle import load_prognosis_bundle
+        from .prognosis.pipeline import predict_patient, write_readout
+
+        bundle = load_prognosis_bundle(request.get("model"))
+        if self.cancel():
+            raise CancelledError("prediction cancelled")
+        progress(Stage.PREDICTING, 0.0, "encoding the record" + (" and measuring the tumour" if request.get("image") else ""))
+        readout = predict_patient(bundle, values, request.get("image"), request.get("segmentation"))
+        if self.cancel():
+            raise CancelledError("prediction cancelled")
+        progress(Stage.WRITING, 0.0, "writing the report")
+        write_readout(readout, bundle, request["report"], request.get("plot"), bool(request.get("overwrite", True)))
+        return {"event": "done", "id": request_id, "report": request["report"], "plot": request.get("plot"),
+                "readout": readout.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
+
     def _segment(self, request: dict[str, Any]) -> dict[str, Any]:
         request_id = request.get("id")
         started = time.perf_counter()
@@ -129,7 +174,7 @@ class Worker:
 
         from .ontology import load_ontology
 
-        load_ontology().parse_many(request["prompts"], request.get("modality"))  # a typo fails at once
+        prompts = load_ontology().parse_many(request["prompts"], request.get("modality"))  # parsed once; a typo fails at once
         if "DuPLUSLib.inference" not in sys.modules:  # the first request pays for the imports: say so
             progress("loading", 0.0, "starting PyTorch and MONAI")
         from .inference import segment_file
@@ -137,7 +182,7 @@ class Worker:
         segmenter, reused, load_seconds = self.segmenter_for(request.get("model"), request.get("device") or "auto", progress)
         summary = segment_file(
             request["input"],
-            list(request["prompts"]),
+            prompts,
             request["output"],
             segmenter=segmenter,
             modality=request.get("modality"),
@@ -182,15 +227,24 @@ class Worker:
         return segmenter, False, time.perf_counter() - started
 
 
-def _check_request(request: dict[str, Any]) -> None:
-    missing = [name for name in REQUIRED_FIELDS if not request.get(name)]
+def _check_request(request: dict[str, Any]) -> str:
+    """The request's kind, after checking its fields; a malformed request raises ProtocolError."""
+    kind = request.get("kind") or "segment"
+    if kind not in REQUEST_FIELDS:
+        raise ProtocolError(f"unknown request kind '{kind}'; choose one of: {', '.join(REQUEST_FIELDS)}")
+    required, optional = REQUEST_FIELDS[kind]
+    missing = [name for name in required if not request.get(name)]
     if missing:
         raise ProtocolError(f"request lacks {', '.join(missing)}")
-    unknown = set(request) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS)
+    unknown = set(request) - set(required) - set(optional) - set(COMMON_FIELDS)
     if unknown:
         raise ProtocolError(f"request has unknown field(s): {', '.join(sorted(unknown))}")
-    if isinstance(request["prompts"], str) or not all(isinstance(p, str) for p in request["prompts"]):
+    if kind == "segment" and (isinstance(request["prompts"], str)
+                              or not all(isinstance(p, str) for p in request["prompts"])):
         raise ProtocolError("'prompts' must be a list of strings")
+    if kind == "prognosis" and not isinstance(request["ehr"], dict):
+        raise ProtocolError("'ehr' must be an object of field: value pairs")
+    return kind
 
 
 def _error_event(request_id: Any, error: BaseException) -> dict[str, Any]:
@@ -253,12 +307,16 @@ def _exit_when_orphaned(interval_s: float = 1.0) -> None:
     stdin shared with another process): no model stays loaded and no CPU is burnt for nobody."""
     parent = os.getppid()
 
-    def watch() -> None:
-        import psutil
+    try:  # Slicer bundles no psutil: then a changed parent (POSIX re-parents orphans) is the sign
+        from psutil import pid_exists
+    except ImportError:
+        def pid_exists(pid: int) -> bool:  # noqa: ARG001
+            return True
 
+    def watch() -> None:
         while True:
             time.sleep(interval_s)
-            if os.getppid() != parent or not psutil.pid_exists(parent):
+            if os.getppid() != parent or not pid_exists(parent):
                 _exit_now(0)
 
     threading.Thread(target=watch, name="duplus-orphan-watch", daemon=True).start()

@@ -379,6 +379,9 @@ def markdown(results: dict) -> str:
                   "| model | fit s | predict one s |", "|---|---:|---:|"]
         lines += [f"| {name} | {row['fit_seconds']:.2f} | {row['predict_one_seconds']:.4f} |" for name, row in p["rows"].items()]
         lines += [""]
+    lines += ["Item 6 and item 1 time the segmentation call alone. What a user waits for, from process start to every "
+              "file written on a real CT, with the stages and a MONAI DynUNet side by side: `benchmarks/end_to_end.py` "
+              "([benchmarks/END_TO_END.md](benchmarks/END_TO_END.md) once run).", ""]
     lines += ["Where the time goes, what was changed with before/after figures, and what is left: "
               "[benchmarks/OPTIMISATION.md](benchmarks/OPTIMISATION.md).", ""]
     return "\n".join(lines)

@@ -25,8 +25,8 @@ import torch
 
 from ..bundle import sha256_of
 from ..errors import ModelBundleError, OutputPathError
-from .covariates import ColumnSpec, CovariateError, covariate_sentence, parse_covariate_value
-from .ehr import EHR_FIELDS, NUMERIC_FEATURES, EHRRecord, EHRValidationError, ehr_sentence, parse_ehr
+from .covariates import ColumnSpec, covariate_sentence, parse_patient_values
+from .ehr import NUMERIC_FEATURES, EHRRecord, ehr_sentence
 from .features import BlockTransform, FeatureSpace, PatientInputs, encode_patients
 from .model import FittedHead, PrognosisConfig, PrognosisModel, SurvivalHead
 from .readout import PatientReadout, RiskReference, horizon_label
@@ -70,24 +70,7 @@ class PrognosisBundle:
         A key that is neither an EHR field nor a column of this model is refused (a typo would
         otherwise be dropped silently); age is required only if the training cohort recorded it.
         """
-        if not isinstance(values, dict):
-            raise EHRValidationError("the patient must be one JSON object of field: value pairs")
-        extra = {c.name: c for c in self.extra_columns}
-        unknown = sorted(k for k in values if k not in extra and k not in EHR_FIELDS)
-        if unknown:
-            raise EHRValidationError(
-                f"unknown field(s) {', '.join(map(repr, unknown))}; this model reads the EHR fields "
-                f"{', '.join(EHR_FIELDS)}" + (f" and the columns {', '.join(extra)}" if extra else ""))
-        recorded = self.training.get("fields_recorded")
-        required = ("age",) if recorded is None or "age" in recorded else ()
-        record = parse_ehr({k: v for k, v in values.items() if k not in extra}, required=required)
-        covariates = {}
-        for name, spec in extra.items():
-            try:
-                covariates[name] = parse_covariate_value(spec, values.get(name))
-            except CovariateError as error:
-                raise EHRValidationError(error.detail, name) from None
-        return record, covariates
+        return parse_patient_values(values, self.extra_columns, self.training.get("fields_recorded"))
 
     @property
     def uses_text(self) -> bool:

@@ -33,10 +33,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .ehr import MISSING_TEXT, EHRValidationError
+from .ehr import EHR_FIELDS, MISSING_TEXT, EHRRecord, EHRValidationError, parse_ehr
 
 __all__ = ["ColumnSpec", "CovariateError", "type_column", "encode_covariates", "covariate_sentence",
-           "parse_covariate_value", "column_table", "univariable_c_index", "FormField", "form_fields",
+           "parse_covariate_value", "parse_patient_values", "column_table", "univariable_c_index", "FormField", "form_fields",
            "KEPT_KINDS", "MODEL_KINDS"]
 
 KEPT_KINDS = ("numeric", "binary", "ordinal", "categorical", "text")  # read by the model (text: sentence only)
@@ -382,6 +382,34 @@ def parse_covariate_value(spec: ColumnSpec, value: Any) -> str | None:
                              f"{', '.join(l for l in spec.levels + spec.pooled if l not in (OTHER_LEVEL, MISSING_LEVEL))}",
                              spec.name)
     return text  # text columns: any phrase
+
+
+def parse_patient_values(values: Any, extra_columns: Sequence[ColumnSpec], fields_recorded: Sequence[str] | None = None
+                         ) -> tuple[EHRRecord, dict[str, str | None]]:
+    """A patient's values (``--ehr`` JSON, the Slicer form) -> the EHR record and the extra covariates.
+
+    ``extra_columns`` are the model's kept columns beyond the schema. A key that is neither an EHR
+    field nor one of them is refused (a typo would otherwise be dropped silently); age is required
+    only if the training cohort recorded it (``fields_recorded``; None: unknown, required).
+    Needs no torch: the Slicer process validates the form with it before any worker starts.
+    """
+    if not isinstance(values, Mapping):
+        raise EHRValidationError("the patient must be one JSON object of field: value pairs")
+    extra = {c.name: c for c in extra_columns}
+    unknown = sorted(k for k in values if k not in extra and k not in EHR_FIELDS)
+    if unknown:
+        raise EHRValidationError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; this model reads the EHR fields "
+            f"{', '.join(EHR_FIELDS)}" + (f" and the columns {', '.join(extra)}" if extra else ""))
+    required = ("age",) if fields_recorded is None or "age" in fields_recorded else ()
+    record = parse_ehr({k: v for k, v in values.items() if k not in extra}, required=required)
+    covariates = {}
+    for name, spec in extra.items():
+        try:
+            covariates[name] = parse_covariate_value(spec, values.get(name))
+        except CovariateError as error:
+            raise EHRValidationError(error.detail, name) from None
+    return record, covariates
 
 
 def encode_covariates(rows: Sequence[Mapping[str, str | None]], specs: Sequence[ColumnSpec]) -> tuple[np.ndarray, list[str], list[str]]:

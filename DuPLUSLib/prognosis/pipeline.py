@@ -15,7 +15,7 @@ import numpy as np
 
 from ..imageio import atomic_output, check_output_path
 from .baseline import CoxBaseline
-from .bundle import PrognosisBundle, load_prognosis_bundle
+from .bundle import PrognosisBundle
 from .cohort import Cohort, CohortError
 from .ehr import EHR_FIELDS, EHRValidationError, parse_ehr
 from .evaluation import CVResult, cross_validate
@@ -203,7 +203,3 @@ def report_payload(readout: PatientReadout, bundle: PrognosisBundle) -> dict:
     return {"readout": readout.to_dict(), "model": str(bundle.path) if bundle.path else None,
             "reference": {"labels": reference.labels, "thresholds": reference.thresholds,
                           "curves": [c.__dict__ for c in reference.curves], "time_unit": reference.time_unit}}
-
-
-def load_model(path: str | None) -> PrognosisBundle:
-    return load_prognosis_bundle(path)

@@ -22,7 +22,6 @@ targets, trainable fraction, file sha256). :func:`load_adapter` refuses a base i
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -316,11 +315,3 @@ def load_bundle_with_adapter(
     bundle = load_bundle(model, device=device)
     return load_adapter(bundle, adapter) if adapter else bundle
 
-
-def adapter_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """A short checksum of tensors, for logs and tests that compare weights across processes."""
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        digest.update(key.encode())
-        digest.update(tensors[key].detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]

@@ -19,7 +19,9 @@ Data is named by a small spec string, shared with ``duplus finetune``:
 * a Decathlon folder (its mapping from ``--mapping``, or ``mapping.json`` inside the folder);
 * ``phantom:CT/abdomen,MRI/brain:seeds=1000-1009[:spacing=2][:intensity_scale=1.2...]`` for held-out
   procedural phantoms (``phantom:all:...`` for every context; extra keys are DomainShift fields);
-* ``mni152:seeds=0-4`` for the real MNI152 brain under unseen augmentation.
+* ``mni152:seeds=0-4`` for the real MNI152 brain under unseen augmentation;
+* ``dicom:FOLDER`` for DICOM image series with DICOM SEG or RTSTRUCT references, one case per
+  subfolder, and a mapping from reference segment names to structures (``dicom_dataset.py``).
 """
 
 from __future__ import annotations
@@ -237,7 +239,7 @@ class DataSpecError(DuPLUSError, ValueError):
 class DataSource:
     """Labelled cases named by a ``--data`` spec; yields them for evaluation or as training specs."""
 
-    kind: str  # "phantom", "mni152" or "decathlon"
+    kind: str  # "phantom", "mni152", "decathlon" or "dicom"
     label: str  # the dataset name reports use
     seeds: list[int] = field(default_factory=list)
     contexts: list[tuple[str, str]] = field(default_factory=list)
@@ -250,13 +252,20 @@ class DataSource:
         """The spec string that names this data again."""
         if self.kind == "decathlon":
             return f"{self.path} (mapping {self.mapping})"
+        if self.kind == "dicom":
+            return f"dicom:{self.path} (mapping {self.mapping})"
         head = self.kind + (":" + ",".join(f"{m}/{r}" for m, r in self.contexts) if self.kind == "phantom" else "")
         extra = ([f"spacing={self.spacing:g}"] if self.spacing else []) + [f"{k}={v:g}" for k, v in self.domain_shift.items()]
         return ":".join([head, f"seeds={self.seeds[0]}-{self.seeds[-1]}", *extra])
 
     def cases(self) -> Iterator[EvaluationCase]:
         """The cases, one at a time (a Decathlon folder can be larger than memory)."""
-        if self.kind == "decathlon":
+        if self.kind == "dicom":
+            from .dicom_dataset import iter_dicom_cases
+
+            for case, mapping, image, labels in iter_dicom_cases(self.path, self.mapping):  # type: ignore[arg-type]
+                yield EvaluationCase(case.name, self.label, mapping.modality, mapping.region, image, labels)
+        elif self.kind == "decathlon":
             from .decathlon import iter_decathlon_cases
 
             for entry, mapping, image, labels in iter_decathlon_cases(self.path, self.mapping):  # type: ignore[arg-type]
@@ -287,6 +296,9 @@ class DataSource:
         """The same data as a training ``DatasetSpec`` (phantom seeds as ``seed_offset + case``, seed 0)."""
         if self.kind == "decathlon":
             return DatasetSpec(kind="decathlon", path=self.path, mapping=self.mapping)
+        if self.kind == "dicom":
+            raise DataSpecError("training configs read Decathlon folders; DICOM references work with "
+                                "duplus evaluate and duplus finetune")
         start = min(self.seeds)
         if self.seeds != list(range(start, start + len(self.seeds))):
             raise DataSpecError("training data needs a contiguous seed range, e.g. seeds=1000-1004")
@@ -319,6 +331,18 @@ def parse_data_spec(text: str, mapping: str | None = None, ontology: Ontology | 
         if head == "mni152" and (shift or spacing):
             raise DataSpecError(f"'{text}': mni152 takes only seeds")
         return DataSource(head, head, seeds=seeds, contexts=contexts, spacing=spacing, domain_shift=shift)
+    if head == "dicom":
+        folder = Path(rest)
+        if not folder.is_dir():
+            raise DataSpecError(f"'{text}': '{rest}' is not a folder of DICOM cases")
+        mapping_path = Path(mapping) if mapping else folder / "mapping.json"
+        if not mapping_path.is_file():
+            raise DataSpecError(f"no mapping for '{folder}': pass --mapping FILE or put mapping.json in the folder "
+                                '(e.g. {"modality": "CT", "region": "head_neck", "segments": {"GTV-1": "gtvp"}})')
+        from .dicom_dataset import load_reference_mapping
+
+        load_reference_mapping(mapping_path, ontology)  # a typo fails now, not after the model loads
+        return DataSource("dicom", folder.name, path=str(folder), mapping=str(mapping_path))
     folder = Path(text[len("decathlon:"):] if text.startswith("decathlon:") else text)
     if not folder.is_dir():
         raise DataSpecError(
@@ -387,7 +411,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="model folder (default: the bundled model)")
     parser.add_argument("--adapter", help="adapter folder from duplus finetune, applied on top of --model")
     parser.add_argument("--data", action="append", required=True,
-                        help="a Decathlon folder, phantom:CT/abdomen:seeds=1000-1009 or mni152:seeds=0-4; repeatable")
+                        help="a Decathlon folder, dicom:FOLDER (DICOM series + SEG/RTSTRUCT references), "
+                             "phantom:CT/abdomen:seeds=1000-1009 or mni152:seeds=0-4; repeatable")
     parser.add_argument("--mapping", help="label mapping JSON of the Decathlon folder (default: FOLDER/mapping.json)")
     parser.add_argument("-o", "--output", required=True, help="report JSON")
     parser.add_argument("--markdown", help="also write the tables as markdown here")

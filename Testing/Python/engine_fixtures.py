@@ -121,6 +121,10 @@ def write_dicom_series(image: VolumeImage, folder: Path, series_uid: str, modali
             "0008|0018": f"{series_uid}.{k + 1}",
             "0020|000d": STUDY_UID,
             "0020|000e": series_uid,
+            "0020|0052": f"{STUDY_UID}.1",  # FrameOfReferenceUID: a DICOM SEG needs it
+            "0010|0010": "Phantom^Test",
+            "0010|0020": "PHANTOM-1",
+            "0020|0011": "3",
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{c:.10g}" for c in position),
             "0020|0037": "\\".join(f"{c:.10g}" for c in (direction[0], direction[3], direction[6],

@@ -339,8 +339,9 @@ def test_bundled_default_model_segments_a_small_ct_volume():
 
 
 # ------------------------------------------------------------------- resampling only where a mask can be
+@pytest.mark.parametrize("block", [2, 8, 64])
 @pytest.mark.parametrize("threshold", [0.5, 0.9, 1.5])
-def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(threshold):
+def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(threshold, block):
     from scipy.spatial.transform import Rotation
 
     from DuPLUSLib.imageio import VolumeImage
@@ -358,8 +359,10 @@ def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(thresho
     target = VolumeImage(np.zeros(tuple(shape_ijk[::-1]), np.int16), tuple(spacing), tuple(origin), direction)
 
     full = resample_onto(source, target, "linear", 0.0)
-    mask, confidence = resample_mask_above(source, target, threshold)
+    mask, confidence, box = resample_mask_above(source, target, threshold, with_box=True, block=block)
     np.testing.assert_array_equal(mask, full >= threshold)
+    if box is not None:
+        assert mask[box].sum() == mask.sum()
     if threshold < 1.0:
         assert mask.any()  # the case is not vacuous
         assert confidence == pytest.approx(float(full[full >= threshold].mean()), rel=1e-6)

@@ -168,3 +168,145 @@ def test_the_form_is_generated_from_a_saved_models_columns_on_a_real_scene(mrml_
     table, chart = logic.showContributions(report, mrml_scene)
     assert table.GetNumberOfRows() == len(drivers) and chart.GetNumberOfPlotSeriesNodes() == 1
     assert table.GetCellText(0, 0).split(" = ")[0] == report["readout"]["contributions"][0]["name"]
+
+
+def test_further_covariates_go_through_the_background_worker(mrml_scene, clinic_model):
+    """Predict's path with a model that has further columns: validated here, served as a 'prognosis'
+    request by the background worker, contributions back in the report and in the scene."""
+    import sys
+
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic(python=sys.executable, threads=1)
+    try:
+        with pytest.raises(EHRValidationError, match="field 'centre'"):
+            logic.predictAsync({"age": 66, "centre": "atlantis"}, modelFolder=str(clinic_model))
+        assert not logic.isBusy
+        logic.predictAsync({"age": 66, "stage": "III", "crp": "12.5", "centre": "south", "grade": ""},
+                           modelFolder=str(clinic_model))
+        report = logic.wait(timeout_s=120)
+    finally:
+        logic.shutdown()
+    drivers = {c["name"]: c["value"] for c in report["readout"]["contributions"]}
+    assert drivers["centre"] == "south" and drivers["crp"] == "12.5" and drivers["grade"] == "missing"
+    table, chart = logic.showContributions(report, mrml_scene)
+    assert table.GetNumberOfRows() == len(drivers) and chart.GetNumberOfPlotSeriesNodes() == 1
+
+
+def test_the_form_is_built_and_checked_without_torch_in_slicers_process(clinic_model):
+    """Slicer's process reads only the model's prognosis.json for the generated form and its checks;
+    the worker refuses a bad value the same way before it loads torch."""
+    import json
+    import subprocess
+    import sys
+
+    code = f"""
+import json, sys
+from DuPLUSLib.prognosis.form import extra_form_fields, validate_patient
+from DuPLUSLib.worker import Worker
+fields = [f.name for f in extra_form_fields({str(clinic_model)!r})]
+clean = validate_patient({{"age": "66", "crp": "3", "centre": "north"}}, {str(clinic_model)!r})
+events = []
+Worker(events.append).handle_line(json.dumps({{"kind": "prognosis", "ehr": {{"age": 66, "crp": "high"}},
+                                               "report": "unused.json", "model": {str(clinic_model)!r}}}))
+print(json.dumps([fields, clean, events, "torch" in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    fields, clean, events, torch_loaded = json.loads(done.stdout.splitlines()[-1])
+    assert fields == ["crp", "centre", "grade"] and clean == {"age": 66.0, "crp": "3", "centre": "north"}
+    assert events[-1]["error"] == "EHRValidationError" and "field 'crp': 'high' is not a number" in events[-1]["message"]
+    assert not torch_loaded
+
+
+class _Signal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+    def emit(self, *args):
+        for slot in self.slots:
+            slot(*args)
+
+
+class _FakeQt:
+    """The few Qt classes ExtraCovariatesForm uses (PythonQt is not importable outside Slicer)."""
+
+    class QFormLayout:
+        def __init__(self, parent=None):
+            self.rows = []
+
+        def rowCount(self):
+            return len(self.rows)
+
+        def removeRow(self, index):
+            del self.rows[index]
+
+        def addRow(self, *items):
+            self.rows.append(items)
+
+    class QLabel:
+        def __init__(self, text=""):
+            self.text = text
+
+    class QComboBox:
+        def __init__(self):
+            self.items, self.currentText, self.currentTextChanged, self.toolTip = [], "", _Signal(), ""
+
+        def addItem(self, text):
+            self.items.append(text)
+
+        def setCurrentText(self, text):
+            if text in self.items:
+                self.currentText = text
+
+    class QLineEdit:
+        def __init__(self):
+            self.text, self.placeholderText, self.textChanged, self.toolTip, self.validator = "", "", _Signal(), "", None
+
+        def setValidator(self, validator):
+            self.validator = validator
+
+    class QDoubleValidator:
+        StandardNotation = 0
+
+        def __init__(self, low, high, decimals, parent=None):
+            self.range, self.notation = (low, high, decimals), None
+
+
+def test_the_further_covariates_panel_follows_the_model_and_keeps_its_values_in_the_node(
+        mrml_scene, clinic_model, monkeypatch, tmp_path):
+    import sys
+    import types
+
+    from DuPLUSLib.slicer import prognosis_logic
+
+    monkeypatch.setattr(prognosis_logic, "qt", _FakeQt)
+    monkeypatch.setitem(sys.modules, "ctk", types.SimpleNamespace(
+        ctkCollapsibleButton=lambda: types.SimpleNamespace(text="", visible=True)))
+    inserted = []
+    layout = types.SimpleNamespace(indexOf=lambda widget: 3, insertWidget=lambda i, w: inserted.append((i, w)))
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    node = mrml_scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode", "DuPLUSPrognosis")
+    logic.setExtraValues(node, {"centre": "east", "crp": "4"})  # as saved with a scene
+    form = prognosis_logic.ExtraCovariatesForm(logic, layout, object())
+    assert inserted == [(4, form.collapsibleButton)]  # right under the .ui
+
+    form.rebuild("", node)  # the bundled model: nothing further to ask
+    assert form.formLayout.rowCount() == 0 and not form.collapsibleButton.visible and form.values() == {}
+    form.rebuild(str(clinic_model), node)
+    assert [row[0] for row in form.formLayout.rows] == ["crp:", "centre:", "grade:"] and form.collapsibleButton.visible
+    crp, centre, grade = (form.widgets[name][1] for name in ("crp", "centre", "grade"))
+    assert crp.validator.range[0] == 0 and centre.items[0] == "" and "north" in centre.items
+    assert form.values() == {"crp": "4", "centre": "east", "grade": ""}  # filled from the node
+    grade.currentText = "poorly differentiated"
+    grade.currentTextChanged.emit("poorly differentiated")
+    assert logic.extraValues(node) == {"centre": "east", "crp": "4", "grade": "poorly differentiated"}
+    assert logic.validateForm({"age": 60, **form.values()}, str(clinic_model))["grade"] == "poorly differentiated"
+
+    (tmp_path / "prognosis.json").write_text("{not json", encoding="utf-8")
+    form.rebuild(str(tmp_path), node)  # a broken model says so in the panel
+    (label,) = form.formLayout.rows[0]
+    assert "does not load" in label.text and form.widgets == {} and form.values() == {}
+    form.rebuild(".", node)  # an empty path reads as "."; the bundled model again
+    assert form.formLayout.rowCount() == 0 and not form.collapsibleButton.visible

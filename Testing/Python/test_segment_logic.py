@@ -24,7 +24,6 @@ slicer = pytest.importorskip("slicer")
 import DuPLUSSegment  # noqa: E402  (the module file, put on sys.path by conftest)
 from DuPLUSLib import mrml  # noqa: E402
 from DuPLUSLib.errors import (  # noqa: E402
-    CancelledError,
     DeviceError,
     InputImageError,
     ModelBundleError,
@@ -32,7 +31,7 @@ from DuPLUSLib.errors import (  # noqa: E402
     UnknownPromptError,
 )
 from DuPLUSLib.ontology import load_ontology  # noqa: E402
-from DuPLUSLib.segment_process import RunnerState, WorkerError  # noqa: E402
+from DuPLUSLib.segment_process import RunnerState, WorkerError, WorkerTimeoutError  # noqa: E402
 from engine_fixtures import dice, save_bright_region_bundle, sphere_volume  # noqa: E402
 
 PROMPTS = ["CT/abdomen/liver", "CT/abdomen/spleen"]
@@ -210,6 +209,22 @@ def test_cancel_mid_run_leaves_the_scene_as_it_was_and_no_process(own_logic, sph
     assert outcome == ["cancelled"]
 
 
+def test_closing_the_scene_mid_run_cancels_it_with_no_error_and_no_process(own_logic, sphere, model_dir, mrml_scene):
+    volume, _ = sphere
+    events, outcome = [], []
+    own_logic.segmentAsync(volume, PROMPTS, model=str(model_dir), onProgress=lambda *a: events.append(a),
+                           onFinished=outcome.append, onError=outcome.append,
+                           onCancelled=lambda: outcome.append("cancelled"))
+    folder = own_logic._workFolder
+    wait_for_progress(own_logic, events)
+    worker = own_logic.workerPid
+    mrml_scene.Clear(0)  # File > Close Scene while the worker segments
+    assert outcome == ["cancelled"] and not own_logic.isBusy
+    assert worker not in worker_processes() and not Path(folder).exists()
+    own_logic.poll()
+    assert outcome == ["cancelled"] and mrml_scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+
+
 def test_a_worker_that_dies_gives_a_clear_error_and_leaves_the_scene(own_logic, sphere, model_dir, mrml_scene):
     volume, _ = sphere
     before = scene_snapshot(mrml_scene)
@@ -229,7 +244,7 @@ def test_a_worker_that_dies_gives_a_clear_error_and_leaves_the_scene(own_logic, 
 
 def test_blocking_segment_raises_cancelled_when_timed_out(own_logic, sphere, model_dir):
     volume, _ = sphere
-    with pytest.raises((TimeoutError, CancelledError)):
+    with pytest.raises(WorkerTimeoutError, match="did not finish within 0 s and was cancelled"):
         own_logic.segment(volume, PROMPTS, model=str(model_dir), timeout=0.2)
     assert not own_logic.isBusy and own_logic.workerPid is None
 
@@ -338,7 +353,7 @@ def test_input_check_says_what_is_wrong_for_the_tooltip(logic, sphere, mrml_scen
 
 def test_dependencies_are_all_present_here(logic):
     assert logic.missingDependencies() == []
-    assert logic.installDependencies(confirm=lambda message: pytest.fail("nothing to ask")) is True
+    logic.installDependencies(confirm=lambda message: pytest.fail("nothing to ask"))  # returns without asking
 
 
 # ----------------------------------------------------------------------------- the bundled model
@@ -357,53 +372,3 @@ def test_bundled_model_segments_the_bundled_sample(logic, mrml_scene):
         assert mask.any(), f"{segment.name} not found"
         if segment.structure in truth:
             assert dice(mask, truth[segment.structure]) > 0.5
-
-
-# ----------------------------------------------------------------------------- extension packaging
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-def test_ui_file_has_every_widget_the_module_wires_and_binds_only_parameters():
-    import re
-    import xml.etree.ElementTree as ElementTree
-
-    ui = ElementTree.parse(REPOSITORY / "DuPLUSSegment/Resources/UI/DuPLUSSegment.ui")
-    widgets = {w.get("name") for w in ui.iter("widget")}
-    used = set(re.findall(r"self\.ui\.(\w+)", (REPOSITORY / "DuPLUSSegment/DuPLUSSegment.py").read_text(encoding="utf-8")))
-    assert used <= widgets, f"missing in the .ui: {sorted(used - widgets)}"
-    bound = {p.find("string").text for p in ui.iter("property") if p.get("name") == "SlicerParameterName"}
-    fields = set(DuPLUSSegment.DuPLUSSegmentParameterNode.__annotations__)
-    assert bound and bound <= fields, f"bound to unknown parameters: {sorted(bound - fields)}"
-
-
-def test_module_cmake_lists_only_files_that_exist():
-    import re
-
-    text = (REPOSITORY / "DuPLUSSegment/CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "DuPLUSSegment")
-    assert "WITH_GENERIC_TESTS" in text
-    for name in re.findall(r"^\s+(\S+\.(?:py|png|ui))\s*$", text, flags=re.MULTILINE):
-        assert (REPOSITORY / "DuPLUSSegment" / name).is_file(), name
-    tests = (REPOSITORY / "DuPLUSSegment/Testing/Python/CMakeLists.txt").read_text(encoding="utf-8")
-    assert "slicer_add_python_unittest" in tests
-
-
-def test_extension_declares_its_modules_and_the_pytorch_dependency():
-    cmake = (REPOSITORY / "CMakeLists.txt").read_text(encoding="utf-8")
-    for module in ("DuPLUSLib", "DuPLUSSegment", "DuPLUSPrognosis"):
-        assert f"add_subdirectory({module})" in cmake
-    assert 'set(EXTENSION_DEPENDS "PyTorch")' in cmake
-    assert "WITH_SUBDIR" in (REPOSITORY / "DuPLUSLib/CMakeLists.txt").read_text(encoding="utf-8")
-    fields = dict(
-        line.split(" ", 1) for line in (REPOSITORY / "DuPLUS.s4ext").read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    )
-    for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
-        assert fields.get(key, "").strip(), key
-    assert fields["depends"].strip() == "PyTorch"
-    import json
-
-    entry = json.loads((REPOSITORY / "DuPLUS.json").read_text(encoding="utf-8"))
-    assert entry["category"] == fields["category"].strip() and entry["scm_url"] == fields["scmurl"].strip()
-    assert entry["build_dependencies"] == ["PyTorch"]
-    assert (REPOSITORY / "Resources/Icons/DuPLUS.png").is_file()

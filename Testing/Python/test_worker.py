@@ -232,13 +232,13 @@ def test_a_cancelled_request_is_reported_and_ends_the_worker_loop(input_path, mo
 def test_runner_goes_through_its_states_and_reports_done(runner, input_path, model_dir):
     recorder = Recorder()
     runner.submit(request(input_path, model_dir), recorder)
-    assert runner.state in (RunnerState.STARTING, RunnerState.SEGMENTING)  # STARTING if not yet warm
+    assert runner.state in (RunnerState.STARTING, RunnerState.RUNNING)  # STARTING if not yet warm
     seen = set()
     deadline = time.monotonic() + TIMEOUT_S
     while runner.poll() and time.monotonic() < deadline:
         seen.add(runner.state)
         time.sleep(0.01)
-    assert RunnerState.SEGMENTING in seen
+    assert RunnerState.RUNNING in seen
     assert runner.state is RunnerState.IDLE
     kind, done = recorder.outcome()
     assert kind == "done" and Path(done["output"]).is_file()
@@ -338,7 +338,7 @@ def test_a_worker_that_dies_gives_a_clear_error(fresh_runner, input_path, model_
 
 def test_a_worker_that_cannot_start_is_reported(input_path, model_dir, tmp_path):
     runner = SegmentationRunner(python=str(tmp_path / "no-such-python"))
-    with pytest.raises(WorkerError, match="cannot start the segmentation worker"):
+    with pytest.raises(WorkerError, match="cannot start the background worker"):
         runner.submit(request(input_path, model_dir))
     assert runner.state is RunnerState.IDLE
 
