@@ -128,10 +128,11 @@ def _convert_rider_lung(extracted: Path, output: Path) -> None:
     The SEG holds two "Neoplasm, Primary" segments (two readings of the same tumour, Dice 0.92
     between them); the label is their union.
     """
+    from ..dicom_references import read_dicom_seg
     from ..imageio import read_image, write_image
 
     image = read_image(extracted / _RIDER_CT)
-    mask = _seg_onto_image(extracted / _RIDER_SEG, image)
+    mask = np.logical_or.reduce([segment.mask for segment in read_dicom_seg(extracted / _RIDER_SEG, image)])
     (output / "imagesTr").mkdir(parents=True)
     (output / "labelsTr").mkdir(parents=True)
     write_image(image, output / "imagesTr" / "rider_lung.nii.gz")
@@ -147,31 +148,6 @@ def _convert_rider_lung(extracted: Path, output: Path) -> None:
         "description": "the primary lung tumour of the RIDER series (union of the SEG's two segments)",
         "modality": "CT", "region": "thorax", "labels": {"1": "lung_tumour"},
     })
-
-
-def _seg_onto_image(path: Path, image) -> np.ndarray:
-    """The union of a DICOM SEG's segments on ``image``'s voxels, frame by frame through world
-    positions; a SEG on another orientation or pixel grid is refused."""
-    import pydicom
-
-    seg = pydicom.dcmread(str(path))
-    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns) > 0
-    shared = seg.SharedFunctionalGroupsSequence[0]
-    orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
-    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)  # row, column
-    if (not np.allclose(orientation, image.direction[:, :2].T.ravel(), atol=1e-3)
-            or (seg.Rows, seg.Columns) != image.array.shape[1:]
-            or not np.allclose(spacing[::-1], image.spacing[:2], atol=1e-3)):
-        raise DatasetFetchError(f"'{path}' is not on the pixel grid of its CT series; it cannot be converted")
-    mask = np.zeros(image.array.shape, bool)
-    to_ijk = np.linalg.inv(image.ijk_to_lps)
-    for frame, groups in zip(frames, seg.PerFrameFunctionalGroupsSequence):
-        position = np.array([*groups.PlanePositionSequence[0].ImagePositionPatient, 1.0], float)
-        i, j, k = (to_ijk @ position)[:3]
-        if abs(i) > 0.01 or abs(j) > 0.01 or abs(k - round(k)) > 0.01 or not 0 <= round(k) < mask.shape[0]:
-            raise DatasetFetchError(f"'{path}': a frame at {position[:3].tolist()} lies between or outside the CT's slices")
-        mask[int(round(k))] |= frame
-    return mask
 
 
 # Scans of the same archive kept back for independent evaluation: never trained, tuned or selected on.
