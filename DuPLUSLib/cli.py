@@ -32,6 +32,7 @@ PLUGGED_COMMANDS = {
     "evaluate": "DuPLUSLib.training.evaluate",
     "prognosis": "DuPLUSLib.prognosis.cli",
     "data": "DuPLUSLib.datasets.cli",
+    "serve": "DuPLUSLib.server.cli",
 }
 
 
@@ -82,6 +83,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     segment.add_argument("--progress", default="bar", choices=["bar", "json", "none"],
                          help="a tqdm bar, JSON lines on stdout (for the Slicer module), or nothing")
+    segment.add_argument("--server", metavar="URL", help="segment on a DuPLUS server ('duplus serve') instead of here")
+    segment.add_argument("--api-key-file", help="with --server: the file holding the server's API key "
+                                                "(or set DUPLUS_API_KEY)")
     segment.set_defaults(run=_run_segment)
 
     merge = sub.add_parser("merge-shards", help="join the summaries of a sharded batch into OUTDIR/summary.csv")
@@ -131,16 +135,7 @@ def _run_prompts(args: argparse.Namespace) -> int:
     ontology = load_ontology()
     modalities = [ontology.modality_key(args.modality)] if args.modality else list(ontology.hierarchy)
     if args.json:
-        listing = {
-            "version": ontology.version,
-            "hierarchy": {m: ontology.hierarchy[m] for m in modalities},
-            "structures": {
-                key: {"name": s.name, "synonyms": list(s.synonyms), "color": list(s.color),
-                      "terminology": s.terminology.as_slicer_tag()}
-                for key, s in ontology.structures.items()
-            },
-        }
-        print(json.dumps(listing, indent=2))
+        print(json.dumps(ontology.listing(modalities), indent=2))
         return 0
     for modality in modalities:
         print(f"{modality} ({ontology.modalities[modality]['name']})")
@@ -158,14 +153,58 @@ def _run_segment(args: argparse.Namespace) -> int:
         raise UsageError("give at least one input (a file or folder) or --inputs cases.csv")
     if args.split and args.format not in (None, "nifti"):
         raise UsageError(f"--split writes one NIfTI per structure; it does not apply to --format {args.format}")
-    if is_batch_request(args.input, args.inputs, args.output, args.shard):
+    batch = is_batch_request(args.input, args.inputs, args.output, args.shard)
+    if args.server:
+        summary = _run_segment_on_server(args, batch)
+    elif batch:
         return _run_batch(args)
+    else:
+        summary = _run_segment_here(args)
+    if args.progress == "json":
+        print(json.dumps({"event": "done", **{k: summary.get(k) for k in ("output", "report", "preview")},
+                          "files": summary.get("files"), "timings_s": summary.get("timings_s"),
+                          "segments": summary["segments"]}), flush=True)
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _run_segment_on_server(args: argparse.Namespace, batch: bool) -> dict:
+    from .remote import ServerClient, read_api_key_file, segment_file_remote
+
+    if batch:
+        raise UsageError("--server segments one input at a time; for a batch, run 'duplus segment' on the server "
+                         "itself, or one command per input")
+    here_only = [flag for flag, used in (("--model", args.model), ("--adapter", args.adapter),
+                                         ("--preview", args.preview), ("--probabilities", args.probabilities),
+                                         ("--device", args.device != "auto"), ("--split", args.split),
+                                         ("--format " + str(args.format), args.format not in (None, "seg.nrrd")))
+                 if used]
+    if here_only:
+        raise UsageError(f"{', '.join(here_only)} cannot be used with --server: the server chose its model and device "
+                         "when it started (duplus serve --model, --device), and sends back a .seg.nrrd and the "
+                         "report only")
+    if args.output.lower().endswith((".nii", ".nii.gz", ".dcm")):
+        raise UsageError(f"--server writes a .seg.nrrd; name the output like 'result.seg.nrrd', not '{args.output}'")
+    key = read_api_key_file(args.api_key_file) if args.api_key_file else os.environ.get("DUPLUS_API_KEY")
+    client = ServerClient(args.server, api_key=key)
+    cancel = _install_stop_handlers()
+    progress, close = _progress_reporter(args.progress)
+    try:
+        return segment_file_remote(client, args.input[0], args.prompts, args.output, report=args.report,
+                                   modality=args.modality, overwrite=args.overwrite, progress=progress,
+                                   cancel=cancel, series_uid=args.series)
+    finally:
+        close()
+
+
+def _run_segment_here(args: argparse.Namespace) -> dict:
     from .inference import segment_file
 
     cancel = _install_stop_handlers()
     progress, close = _progress_reporter(args.progress)
     try:
-        summary = segment_file(
+        return segment_file(
             args.input[0],
             args.prompts,
             args.output,
@@ -185,13 +224,6 @@ def _run_segment(args: argparse.Namespace) -> int:
         )
     finally:
         close()
-    if args.progress == "json":
-        print(json.dumps({"event": "done", **{k: summary.get(k) for k in ("output", "report", "preview")},
-                          "files": summary["files"], "timings_s": summary["timings_s"],
-                          "segments": summary["segments"]}), flush=True)
-    else:
-        _print_summary(summary)
-    return 0
 
 
 def _run_batch(args: argparse.Namespace) -> int:

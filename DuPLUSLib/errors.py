@@ -94,6 +94,15 @@ ERROR_MODULES: dict[str, str] = {
     "CohortError": "DuPLUSLib.prognosis.cohort",
     "CovariateError": "DuPLUSLib.prognosis.covariates",
     "NoTumourError": "DuPLUSLib.prognosis.image_features",
+    "ServerError": "DuPLUSLib.server.protocol",
+    "AuthenticationError": "DuPLUSLib.server.protocol",
+    "ProtocolMismatchError": "DuPLUSLib.server.protocol",
+    "JobNotFoundError": "DuPLUSLib.server.protocol",
+    "JobStateError": "DuPLUSLib.server.protocol",
+    "QueueFullError": "DuPLUSLib.server.protocol",
+    "UnsupportedFormatError": "DuPLUSLib.server.protocol",
+    "ServerUnreachableError": "DuPLUSLib.remote",
+    "ServerSettingsError": "DuPLUSLib.server.cli",
 }
 
 

@@ -147,6 +147,20 @@ class Ontology:
     def contexts(self) -> list[tuple[str, str]]:
         return [(m, r) for m, regions in self.hierarchy.items() for r in regions]
 
+    def listing(self, modalities: Iterable[str] | None = None) -> dict[str, Any]:
+        """The hierarchy and each structure's names, colour and terminology, as JSON-ready data
+        (what ``duplus prompts --json`` prints and the server's ``/v1/ontology`` answers)."""
+        modalities = list(self.hierarchy) if modalities is None else list(modalities)
+        return {
+            "version": self.version,
+            "hierarchy": {m: self.hierarchy[m] for m in modalities},
+            "structures": {
+                key: {"name": s.name, "synonyms": list(s.synonyms), "color": list(s.color),
+                      "terminology": s.terminology.as_slicer_tag()}
+                for key, s in self.structures.items()
+            },
+        }
+
     # ----------------------------------------------------------------------------------- parsing
     def modality_key(self, text: str) -> str:
         return self._lookup(text, self._modality_names, "modality", list(self.modalities))

@@ -22,18 +22,25 @@ class Stage(str, Enum):
     PREDICTING = "predicting"  # prognosis: text encoding, image features, the survival head
     WRITING = "writing"  # the output files
     IMPORTING = "importing"  # Slicer: the result into the scene
+    UPLOADING = "uploading"  # a remote run (duplus serve): the volume goes to the server
+    QUEUED = "queued"  # a remote run: waiting for the jobs ahead of it on the server
+    DOWNLOADING = "downloading"  # a remote run: the result comes back
 
 
 # Percent of the overall bar at the start and end of each stage. Segmentation runs loading ->
 # preprocessing -> inference -> postprocessing -> writing -> importing; prognosis runs loading ->
-# predicting -> writing -> importing. Stages a run skips leave their span empty on the bar.
+# predicting -> writing -> importing; a run on a server adds uploading and queued before, and
+# downloading after, the worker's own stages. Stages a run skips leave their span empty on the bar.
 PROGRESS_SPANS: dict[Stage, tuple[int, int]] = {
-    Stage.LOADING: (0, 10),
+    Stage.UPLOADING: (0, 4),
+    Stage.QUEUED: (4, 5),
+    Stage.LOADING: (0, 10),  # on a server the model is warm: this stage is a blink after queued
     Stage.PREPROCESSING: (10, 15),
     Stage.INFERENCE: (15, 90),
     Stage.PREDICTING: (15, 90),
     Stage.POSTPROCESSING: (90, 96),
-    Stage.WRITING: (96, 98),
+    Stage.WRITING: (96, 97),
+    Stage.DOWNLOADING: (97, 98),
     Stage.IMPORTING: (98, 100),
 }
 

@@ -33,6 +33,7 @@ from ..errors import CancelledError, InputImageError, ModelBundleError, OutputPa
 from ..imageio import VolumeImage, write_image
 from ..ontology import Prompt, load_ontology
 from ..progress import Stage
+from ..remote import RemoteRunner, ServerClient, describe_server
 from ..scripted_module import IN_SLICER_APPLICATION, ScriptedLoadableModuleLogic, qt
 from ..segment_process import BackgroundRunner, RunCallbacks, RunnerState, WorkerError
 from .dicom import dicom_tags
@@ -117,6 +118,11 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
     ``DeviceError``, ``OutputPathError`` for segments that would be overwritten, ``WorkerError`` for
     a worker that could not start, died, or is already busy. On any error or cancel the scene is
     left as it was.
+
+    With ``server="https://..."`` (and ``apiKey``) a run goes to a DuPLUS server (``duplus serve``)
+    through :class:`~DuPLUSLib.remote.RemoteRunner` instead of the local runner: the same callbacks,
+    stages, errors (``ServerError``, a ``WorkerError``, for a server that cannot be reached or stops
+    answering; ``AuthenticationError`` for the key) and import; Slicer needs no PyTorch for it.
     """
 
     def __init__(self, runner: JobRunner | None = None, warm: bool = True, python: str | None = None,
@@ -126,7 +132,9 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         if runner is None:
             environment = _startup_environment()
             runner = BackgroundRunner(python=python, env=environment, warm=warm, threads=threads, job_name="segmentation")
-        self.runner = runner
+        self.localRunner = runner
+        self.runner = runner  # the runner of the current or last run: the local one, or a RemoteRunner
+        self.remoteLostAfterSeconds = 15.0  # a server silent this long during a run is reported as gone
         self.installer = installer or DependencyInstaller(SEGMENT_REQUIREMENTS, requester="DuPLUS Segment")
         self.lastRunSeconds = 0.0
         self.lastReport: dict | None = None
@@ -157,21 +165,25 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         if self.missingDependencies():
             return False
         try:
-            self.runner.prestart()
+            self.localRunner.prestart()
         except WorkerError as error:
             logging.warning(f"DuPLUS Segment: {error}")
             return False
-        return self.runner.worker_pid is not None
+        return self.localRunner.worker_pid is not None
 
     def setWarm(self, warm: bool) -> None:
         """Keep the worker (and its loaded model) between runs, or let it go after each."""
-        self.runner.warm = warm
+        self.localRunner.warm = warm
 
     # ------------------------------------------------------------------ console API
     def segment(self, volumeNode, prompts: Sequence[str | Prompt], segmentationNode=None, replace: bool = False,
                 device: str = "auto", model: str | None = None, showIn3D: bool = False,
-                timeout: float | None = None):
-        """Segment and return the segmentation node; blocks until done (the GUI keeps painting)."""
+                timeout: float | None = None, server: str | None = None, apiKey: str | None = None):
+        """Segment and return the segmentation node; blocks until done (the GUI keeps painting).
+
+        ``server``: the address of a DuPLUS server to run on instead of this computer, ``apiKey`` its
+        key; the server chose its model and device when it started.
+        """
         outcome: dict = {}
         self.segmentAsync(
             volumeNode, prompts, segmentationNode=segmentationNode, replace=replace, device=device, model=model,
@@ -179,7 +191,7 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
             onFinished=lambda node: outcome.setdefault("node", node),
             onError=lambda error: outcome.setdefault("error", error),
             onCancelled=lambda: outcome.setdefault("error", CancelledError("segmentation cancelled")),
-            startTimer=False,
+            startTimer=False, server=server, apiKey=apiKey,
         )
         processEvents = _process_events()
         self.runner.wait(timeout_s=timeout, between_polls=processEvents)
@@ -194,7 +206,7 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
                      onFinished: Callable[[object], None] | None = None,
                      onError: Callable[[BaseException], None] | None = None,
                      onCancelled: Callable[[], None] | None = None,
-                     startTimer: bool = True) -> str:
+                     startTimer: bool = True, server: str | None = None, apiKey: str | None = None) -> str:
         """Start segmenting and return at once; the callbacks report the outcome.
 
         Everything that can be checked before the long work is checked here and raised at once
@@ -203,7 +215,7 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         """
         request = self.prepare(volumeNode, prompts, segmentationNode, replace, device, model, showIn3D)
         return self.submit(request, onProgress=onProgress, onLog=onLog, onFinished=onFinished, onError=onError,
-                           onCancelled=onCancelled, startTimer=startTimer)
+                           onCancelled=onCancelled, startTimer=startTimer, server=server, apiKey=apiKey)
 
     def prepare(self, volumeNode, prompts: Sequence[str | Prompt], segmentationNode=None, replace: bool = False,
                 device: str = "auto", model: str | None = None, showIn3D: bool = False) -> SegmentRequest:
@@ -237,8 +249,9 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
                onFinished: Callable[[object], None] | None = None,
                onError: Callable[[BaseException], None] | None = None,
                onCancelled: Callable[[], None] | None = None,
-               startTimer: bool = True) -> str:
-        """Write the input and hand a prepared request to the runner; returns the request id."""
+               startTimer: bool = True, server: str | None = None, apiKey: str | None = None) -> str:
+        """Write the input and hand a prepared request to the runner (the local one, or one for
+        ``server``); returns the request id."""
         if request.clashes and not request.replace:
             raise OutputPathError(
                 f"segmentation '{request.segmentation_node.GetName()}' already has segment(s) "
@@ -246,6 +259,7 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
             )
         if self.isBusy:
             raise WorkerError("a segmentation is already running; wait for it or cancel it")
+        runner = self._runnerFor(server, apiKey, request.model)
         folder = Path(tempfile.mkdtemp(prefix="duplus-"))  # short path: long ones break some readers
         self._workFolder = str(folder)
         started = time.monotonic()
@@ -282,6 +296,7 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
 
         callbacks = RunCallbacks(on_progress=onProgress, on_log=onLog, on_done=finished, on_error=failed,
                                  on_cancelled=cancelled)
+        self.runner = runner
         try:
             requestId = self.runner.submit(request.worker_message(folder), callbacks)
         except Exception:
@@ -309,7 +324,15 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         if self._timer is not None:
             self._timer.stop()
         self.runner.shutdown()
+        if self.runner is not self.localRunner:
+            self.localRunner.shutdown()
         self._unwatchScene()
+
+    def testConnection(self, server: str, apiKey: str | None = None) -> str:
+        """One line about the server (version, model, device, queue); raises what is wrong:
+        ``ServerError`` for an address that does not answer as a DuPLUS server, ``AuthenticationError``
+        for the key, ``ProtocolMismatchError`` naming both versions."""
+        return describe_server(ServerClient(server, api_key=apiKey, timeout_s=10.0).check())
 
     # ------------------------------------------------------------------ helpers for the GUI
     def checkInputVolume(self, volumeNode) -> str | None:
@@ -363,6 +386,16 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
             raise OutputPathError("the output segmentation was removed while segmenting; nothing was imported")
         return mrml.import_segmentation(event["output"], request.volume_node, segmentation_node=node,
                                         replace=request.replace, show_3d=request.show_3d)
+
+    def _runnerFor(self, server: str | None, apiKey: str | None, model: str | None) -> JobRunner:
+        """The local runner, or a runner for that server (its address is checked here)."""
+        if not server:
+            return self.localRunner
+        if model:
+            raise ModelBundleError(
+                "a model folder cannot be chosen for a remote run: the server uses the model it was started "
+                "with (duplus serve --model); leave the model folder empty")
+        return RemoteRunner(ServerClient(server, api_key=apiKey), lost_after_s=self.remoteLostAfterSeconds)
 
     def _endRun(self, folder: str) -> None:
         self._unwatchScene()
