@@ -51,6 +51,9 @@ __all__ = ["ServerSettings", "create_app"]
 log = logging.getLogger("duplus.serve")
 
 MAX_JSON_BODY = 64 * 1024  # a prognosis request is a few hundred bytes of EHR
+# An upload over the limit is read to its end (and thrown away) up to this much more, so that the
+# client, which is still sending, receives the 413 instead of a reset connection.
+DRAIN_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -126,6 +129,8 @@ def create_app(queue: JobQueue, settings: ServerSettings) -> FastAPI:
         parsed = await run_in_threadpool(queue.segmenter.parse_prompts, prompts, modality)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            if int(declared) - settings.max_upload_bytes <= DRAIN_BYTES:
+                await _drain(request.stream(), 0)
             raise _too_large(int(declared), settings.max_upload_bytes)
         job = queue.new_job([p.key for p in parsed], modality, UPLOAD_FORMATS[fmt])
         try:
@@ -334,9 +339,22 @@ def _only_parameters(request: Request, *allowed: str) -> None:
         )
 
 
-def _too_large(size: int, limit: int) -> ResourceLimitError:
+async def _drain(chunks, size: int) -> int:
+    """Read the rest of a refused body without keeping it (up to :data:`DRAIN_BYTES` more)."""
+    stop = size + DRAIN_BYTES
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > stop:
+                break
+    except ClientDisconnect:
+        pass
+    return size
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> ResourceLimitError:
     return ResourceLimitError(
-        f"the upload is {size / 2**20:.1f} MiB but this server takes at most {limit / 2**20:.1f} MiB "
+        f"the upload is {'at least ' if at_least else ''}{size / 2**20:.1f} MiB but this server takes at most {limit / 2**20:.1f} MiB "
         "(duplus serve --max-upload-mb); crop or downsample the volume, or ask the server's administrator "
         "to raise the limit"
     )
@@ -345,13 +363,18 @@ def _too_large(size: int, limit: int) -> ResourceLimitError:
 async def _store_upload(request: Request, path: Path, limit: int) -> int:
     """Stream the body to ``path``, stopping at ``limit`` bytes. Returns the size."""
     size = 0
+    chunks = request.stream()  # one iterator: a refused body is drained from where the copy stopped
     try:
         with open(path, "xb") as stream:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
-                    raise _too_large(size, limit)
+                    break
                 stream.write(chunk)
+        if size > limit:
+            path.unlink()
+            size = await _drain(chunks, size)
+            raise _too_large(size, limit, at_least=True)
     except ClientDisconnect:
         raise ProtocolError("the upload was interrupted; nothing was kept") from None
     if size == 0:

@@ -1,0 +1,571 @@
+"""``duplus serve`` and its clients, over real HTTP to a real server process on 127.0.0.1.
+
+Nothing is mocked: each server is ``python -m DuPLUSLib.cli serve`` started for the test (one torch
+thread, the bundled model), and the clients are the library's own (:mod:`DuPLUSLib.remote`), the
+``duplus segment --server`` command, the Segment module's Logic on a slicer-core scene, and plain
+``urllib`` requests where a test needs to send what no DuPLUS client would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs the [server] extra")
+pytest.importorskip("uvicorn", reason="the server needs the [server] extra")
+
+from DuPLUSLib.errors import CancelledError, InputImageError, ResourceLimitError, UnknownPromptError  # noqa: E402
+from DuPLUSLib.imageio import read_image, read_segmentation, write_image  # noqa: E402
+from DuPLUSLib.ontology import load_ontology  # noqa: E402
+from DuPLUSLib.remote import (  # noqa: E402
+    AuthenticationError,
+    ProtocolMismatchError,
+    RemoteRunner,
+    ServerClient,
+    ServerError,
+    ServerUnreachableError,
+    describe_server,
+    run_job,
+)
+from DuPLUSLib.samples import sample_volume_path  # noqa: E402
+from DuPLUSLib.segment_process import worker_environment  # noqa: E402
+from DuPLUSLib.server.cli import is_local_host  # noqa: E402
+from engine_fixtures import sphere_volume  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 300
+SAMPLE = sample_volume_path()
+# Bytes no log may ever hold: they are sent as the voxels of a (corrupt) upload.
+MARKER = b"DUPLUS-PATIENT-VOXELS-" + secrets.token_hex(8).encode()
+
+
+# ------------------------------------------------------------------------------------ servers
+class RunningServer:
+    """A ``duplus serve`` process, its address, key, work folder and log."""
+
+    def __init__(self, folder: Path, *extra: str, key: bool = True):
+        self.folder = folder
+        self.work_dir = folder / "work"
+        self.key = secrets.token_urlsafe(32) if key else None
+        command = [sys.executable, "-m", "DuPLUSLib.cli", "serve", "--port", "0", "--device", "cpu",
+                   "--threads", "1", "--work-dir", str(self.work_dir), *extra]
+        if self.key:
+            key_file = folder / "key.txt"
+            key_file.write_text(self.key + "\n", encoding="utf-8")
+            key_file.chmod(0o600)
+            command += ["--api-key-file", str(key_file)]
+        self.log_path = folder / "server.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        env=worker_environment(threads=1), start_new_session=True)
+        self.url = self._wait_until_listening()
+
+    def _wait_until_listening(self) -> str:
+        lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
+        try:
+            line = lines.get(timeout=START_TIMEOUT_S)
+        except queue.Empty:
+            self.stop()
+            pytest.fail(f"the server did not start; its log:\n{self.log()}")
+        found = re.search(r"listening on (\S+)", line)
+        assert found, line
+        return found.group(1)
+
+    def client(self, **options) -> ServerClient:
+        return ServerClient(self.url, api_key=self.key, **options)
+
+    def job_folders(self) -> list[Path]:
+        """Everything in the server's work folder except its own pid file."""
+        return [p for root in self.work_dir.glob("duplus-serve-*") for p in root.iterdir() if p.name != "server.pid"]
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server with the bundled model; its upload limit sits just above the sample's size."""
+    limit_mb = 1.25 * SAMPLE.stat().st_size / 2**20
+    running = RunningServer(tmp_path_factory.mktemp("server"), "--max-upload-mb", f"{limit_mb:.3f}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def small_volume(tmp_path) -> Path:
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0), radius_mm=20.0)
+    return write_image(image, tmp_path / "small.nrrd")
+
+
+def raw_request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
+    """A plain urllib request; returns (status, JSON answer)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_for(condition, timeout_s: float = RUN_TIMEOUT_S, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail("timed out waiting")
+
+
+def wait_for_stage(client: ServerClient, job_id: str, stage: str) -> None:
+    seen: list[str] = []
+
+    def reached() -> bool:
+        status = client.status(job_id)
+        seen[:] = [e.get("stage") for e in status["events"] if e.get("event") == "progress"]
+        assert status["state"] in ("queued", "running"), status
+        return stage in seen
+
+    wait_for(reached)
+
+
+def masks_of(path: Path) -> dict[str, np.ndarray]:
+    return read_segmentation(path, load_ontology())[1]
+
+
+# ------------------------------------------------------------------------------------ the round trip
+def test_submit_poll_download_gives_the_local_workers_segmentation_of_the_sample(server, tmp_path):
+    """What the product owner's check runs: ``duplus segment ... --server``; then the same request
+    through the local worker. The two segmentations must be the same, voxel for voxel."""
+    prompts = ["-p", "CT/abdomen/liver", "-p", "CT/abdomen/spleen"]
+    remote = subprocess.run(
+        [sys.executable, "-m", "DuPLUSLib.cli", "segment", str(SAMPLE), *prompts, "-o", str(tmp_path / "remote.seg.nrrd"),
+         "--report", str(tmp_path / "remote.json"), "--server", server.url,
+         "--api-key-file", str(server.folder / "key.txt"), "--progress", "json"],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=worker_environment(threads=1),
+    )
+    assert remote.returncode == 0, remote.stderr
+    events = [json.loads(line) for line in remote.stdout.splitlines()]
+    stages = [e["stage"] for e in events if e["event"] == "progress"]
+    assert stages[0] == "uploading" and "queued" in stages and "inference" in stages and stages[-1] == "downloading"
+    assert events[-1]["event"] == "done" and [s["structure"] for s in events[-1]["segments"]] == ["liver", "spleen"]
+
+    import torch
+
+    from DuPLUSLib.worker import Worker
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the server runs
+    try:
+        local_events: list[dict] = []
+        Worker(local_events.append).handle_request({
+            "id": "local", "input": str(SAMPLE), "prompts": ["CT/abdomen/liver", "CT/abdomen/spleen"],
+            "output": str(tmp_path / "local.seg.nrrd"), "device": "cpu"})
+    finally:
+        torch.set_num_threads(threads)
+    assert local_events[-1]["event"] == "done", local_events[-1]
+    remote_masks, local_masks = masks_of(tmp_path / "remote.seg.nrrd"), masks_of(tmp_path / "local.seg.nrrd")
+    assert sorted(remote_masks) == ["liver", "spleen"]
+    for key in remote_masks:
+        assert remote_masks[key].any()
+        np.testing.assert_array_equal(remote_masks[key], local_masks[key], err_msg=key)
+    report = json.loads((tmp_path / "remote.json").read_text(encoding="utf-8"))
+    assert report["input"]["path"] == str(SAMPLE.resolve()) and report["output"] == str((tmp_path / "remote.seg.nrrd").resolve())
+    assert server.job_folders() == [], "the job's files stayed on the server after the download"
+
+
+def test_health_info_and_ontology_describe_the_server(server):
+    client = server.client()
+    assert client.health()["protocol"] == 1
+    info = client.info()
+    assert info["model"]["name"] == "duplus-default" and info["device"] == "cpu"
+    assert "duplus-default" in describe_server(info) and "cpu" in describe_server(info)
+    ontology = client.ontology()
+    assert "liver" in ontology["hierarchy"]["CT"]["abdomen"] and ontology["structures"]["liver"]["name"] == "liver"
+    status, answer = raw_request(server.url + "/v1/health")  # open: for load balancers
+    assert status == 200 and answer["service"] == "duplus" and "model" not in answer
+
+
+def test_a_logic_run_on_the_server_imports_the_engines_segmentation(server, mrml_scene):
+    slicer = pytest.importorskip("slicer")
+    import DuPLUSSegment
+    from DuPLUSLib import mrml
+    from DuPLUSLib.inference import Segmenter
+
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0), radius_mm=20.0)
+    volume = mrml.volume_node_from_image(image, "phantom")
+    logic = DuPLUSSegment.DuPLUSSegmentLogic()
+    stages: list[str] = []
+    try:
+        logic.segmentAsync(volume, ["CT/abdomen/liver", "CT/abdomen/spleen"], server=server.url, apiKey=server.key,
+                           onProgress=lambda stage, fraction, message: stages.append(stage))
+        assert logic.isBusy and logic.workerPid is None
+        logic.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        logic.shutdown()
+    assert {"uploading", "queued", "inference", "downloading", "importing"} <= set(stages)
+    segmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    segments = mrml.imported_segments(segmentation)
+    ontology = load_ontology()
+    assert [s.structure for s in segments] == ["liver", "spleen"]
+    assert all(s.terminology == ontology.structures[s.structure].terminology.as_slicer_tag() for s in segments)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        segmenter = Segmenter(device="cpu")
+        expected = segmenter.segment(image, segmenter.parse_prompts(["CT/abdomen/liver", "CT/abdomen/spleen"]))
+    finally:
+        torch.set_num_threads(threads)
+    for segment, engine in zip(segments, expected.segments):
+        imported = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment.segment_id, volume) > 0
+        np.testing.assert_array_equal(imported, engine.mask, err_msg=segment.name)
+    assert wait_for(lambda: server.job_folders() == [], timeout_s=10)
+
+
+# ------------------------------------------------------------------------------------ cancel and queue
+def test_cancelling_mid_run_stops_the_job_and_leaves_no_temporary_files(server):
+    client = server.client()
+    job = client.submit(SAMPLE, ["CT/abdomen/*"])
+    wait_for_stage(client, job["id"], "inference")
+    assert len(server.job_folders()) == 1
+    assert client.cancel(job["id"])["state"] == "cancelling"
+    wait_for(lambda: client.status(job["id"])["state"] != "running", timeout_s=60)
+    status = client.status(job["id"])
+    assert status["state"] == "cancelled"
+    assert status["events"][-1]["error"] == "CancelledError"
+    assert server.job_folders() == []
+
+
+def test_cancel_in_slicer_stops_the_server_job_and_leaves_the_scene(server, mrml_scene):
+    pytest.importorskip("slicer")
+    import DuPLUSSegment
+    from DuPLUSLib import mrml
+
+    volume = mrml.volume_node_from_image(read_image(SAMPLE), "sample")
+    before = scene_snapshot(mrml_scene)
+    logic = DuPLUSSegment.DuPLUSSegmentLogic()
+    outcome: list = []
+    stages: list[str] = []
+    try:
+        logic.segmentAsync(volume, ["CT/abdomen/*"], server=server.url, apiKey=server.key,
+                           onProgress=lambda stage, fraction, message: stages.append(stage),
+                           onFinished=outcome.append, onError=outcome.append,
+                           onCancelled=lambda: outcome.append("cancelled"))
+        folder = logic._workFolder
+        wait_for(lambda: logic.poll() and "inference" in stages)
+        logic.cancel()
+        assert outcome == ["cancelled"] and not logic.isBusy
+        assert not Path(folder).exists()
+    finally:
+        logic.shutdown()
+    assert scene_snapshot(mrml_scene) == before
+    wait_for(lambda: server.job_folders() == [] and server.client().info()["queue"]["running"] == 0, timeout_s=60)
+
+
+def test_two_clients_queue_one_job_at_a_time(server, small_volume):
+    first, second = server.client(), server.client()
+    running = first.submit(SAMPLE, ["CT/abdomen/*"])
+    wait_for_stage(first, running["id"], "inference")
+    waiting = second.submit(small_volume, ["CT/abdomen/liver"])
+    assert waiting["position"] == 1
+    status = second.status(waiting["id"])
+    assert status["state"] == "queued" and status["position"] == 1
+    assert status["events"][-1]["stage"] == "queued" and "1 job ahead" in status["events"][-1]["message"]
+    time.sleep(1.0)
+    assert second.status(waiting["id"])["state"] == "queued", "the second job started while the first ran"
+    first.cancel(running["id"])
+    wait_for(lambda: second.status(waiting["id"])["state"] == "done")
+    assert first.status(running["id"])["state"] == "cancelled"
+    positions = [e["position"] for e in second.status(waiting["id"])["events"] if e.get("stage") == "queued"]
+    assert positions[0] == 1 and positions[-1] == 0
+    second.cancel(waiting["id"])  # removes its result from the server
+    assert server.job_folders() == []
+
+
+# ------------------------------------------------------------------------------------ security
+def test_a_wrong_or_missing_key_gets_401_and_the_request_does_nothing(server, small_volume):
+    accepted = server.client().info()["queue"]["accepted"]
+    url = server.url + "/v1/jobs?prompt=CT/abdomen/liver&format=nrrd"
+    body = small_volume.read_bytes()
+    for headers in ({}, {"Authorization": "Bearer " + "x" * 43}, {"Authorization": server.key},
+                    {"Authorization": "Bearer " + server.key[:-1]}):
+        status, answer = raw_request(url, "POST", body, {"Content-Type": "application/octet-stream", **headers})
+        assert status == 401 and answer["error"] == "AuthenticationError", headers
+    assert server.job_folders() == []
+    assert server.client().info()["queue"]["accepted"] == accepted
+    with pytest.raises(AuthenticationError, match="API key"):
+        ServerClient(server.url, api_key="not-the-key-" * 3).check()
+    assert "refused POST /v1/jobs" in server.log()
+
+
+def test_no_parameter_can_name_a_server_path(server, small_volume):
+    key = {"Authorization": f"Bearer {server.key}"}
+    status, answer = raw_request(server.url + "/v1/jobs?prompt=CT/abdomen/liver&output=/tmp/stolen.seg.nrrd",
+                                 "POST", small_volume.read_bytes(), key)
+    assert status == 400 and answer["error"] == "ProtocolError" and "'output'" in answer["message"]
+    status, answer = raw_request(server.url + "/v1/info?model=/etc", headers=key)
+    assert status == 400 and "'model'" in answer["message"]
+    status, answer = raw_request(server.url + "/v1/jobs/..%2F..%2Fetc%2Fpasswd", headers=key)
+    assert status == 404
+    assert server.job_folders() == []
+
+
+def test_a_non_local_host_is_refused_without_an_api_key(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "DuPLUSLib.cli", "serve", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60, env=worker_environment(threads=1))
+    assert result.returncode == 2 and "refusing to listen on '0.0.0.0' without an API key" in result.stderr
+    weak = tmp_path / "weak.txt"
+    weak.write_text("hunter2pw\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "DuPLUSLib.cli", "serve", "--api-key-file", str(weak)],
+                            capture_output=True, text=True, timeout=60, env=worker_environment(threads=1))
+    assert result.returncode == 2 and "at least 16" in result.stderr and "hunter2pw" not in result.stderr
+    assert is_local_host("127.0.0.1") and is_local_host("localhost") and is_local_host("::1")
+    assert not is_local_host("0.0.0.0") and not is_local_host("10.1.2.3") and not is_local_host("gpu.hospital.org")
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_an_upload_over_the_size_limit_is_refused_with_a_clear_message(server, tmp_path):
+    limit = server.client().info()["limits"]["max_upload_bytes"]
+    key = {"Authorization": f"Bearer {server.key}", "Content-Type": "application/octet-stream"}
+    status, answer = raw_request(server.url + "/v1/jobs?prompt=CT/abdomen/liver", "POST", b"\0" * (limit + 1), key)
+    assert status == 413 and answer["error"] == "ResourceLimitError"
+    assert "at most" in answer["message"] and "--max-upload-mb" in answer["message"]
+    chunks = iter([b"\0" * 65536] * (limit // 65536 + 2))  # no Content-Length: cut off while streaming
+    status, answer = raw_request(server.url + "/v1/jobs?prompt=CT/abdomen/liver", "POST", chunks, key)
+    assert status == 413 and answer["error"] == "ResourceLimitError"
+    big = tmp_path / "big.nrrd"
+    big.write_bytes(b"\0" * (limit + 1))
+    with pytest.raises(ResourceLimitError, match="the server takes at most"):
+        run_job(server.client(), big, ["CT/abdomen/liver"], tmp_path / "out.seg.nrrd")
+    assert server.job_folders() == [] and not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_a_corrupt_upload_is_refused_and_nothing_stays_on_the_server(server, tmp_path):
+    corrupt = tmp_path / "corrupt.nrrd"
+    corrupt.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 64 64 64\nencoding: raw\n\n" + MARKER * 10)
+    with pytest.raises(InputImageError, match="cannot be read as a nrrd image"):
+        server.client().submit(corrupt, ["CT/abdomen/liver"])
+    noise = tmp_path / "noise.nii.gz"
+    noise.write_bytes(MARKER + os.urandom(2048))
+    with pytest.raises(InputImageError, match="corrupt"):
+        server.client().submit(noise, ["CT/abdomen/liver"])
+    assert server.job_folders() == []
+
+
+def test_an_unknown_prompt_is_refused_before_the_upload_is_kept(server, small_volume):
+    accepted = server.client().info()["queue"]["accepted"]
+    with pytest.raises(UnknownPromptError, match="choose one of"):
+        server.client().submit(small_volume, ["CT/abdomen/unicorn"])
+    assert server.job_folders() == [] and server.client().info()["queue"]["accepted"] == accepted
+
+
+def test_a_volume_with_too_many_voxels_is_refused(tmp_path):
+    running = RunningServer(tmp_path, "--max-voxels", "0.001")  # 1000 voxels
+    try:
+        image, _ = sphere_volume(shape_ijk=(20, 18, 12))
+        path = write_image(image, tmp_path / "volume.nrrd")
+        with pytest.raises(ResourceLimitError, match="at most 0 M|--max-voxels"):
+            running.client().submit(path, ["CT/abdomen/liver"])
+        assert running.job_folders() == []
+    finally:
+        running.stop()
+    assert not list(running.work_dir.glob("duplus-serve-*")), "the server left its work folder behind"
+
+
+def test_an_unreachable_server_or_a_wrong_address_gets_a_clear_error(server, small_volume, tmp_path):
+    with pytest.raises(ServerUnreachableError, match="connection refused"):
+        ServerClient("http://127.0.0.1:9", api_key="k" * 20).check()
+    with pytest.raises(ServerUnreachableError, match="host name 'no-such-host.invalid' is unknown"):
+        ServerClient("http://no-such-host.invalid:8000").check()
+    with pytest.raises(ServerError, match="not an http:// or https:// address"):
+        ServerClient("gpu-server:8000")
+    with pytest.raises(ServerError, match="check the address"):
+        ServerClient(server.url + "/not-duplus", api_key=server.key).check()
+    result = subprocess.run(
+        [sys.executable, "-m", "DuPLUSLib.cli", "segment", str(small_volume), "-p", "CT/abdomen/liver",
+         "-o", str(tmp_path / "out.seg.nrrd"), "--server", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
+    assert result.returncode == 2 and "cannot reach the DuPLUS server" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_a_server_of_another_protocol_version_is_refused_naming_both(server):
+    with pytest.raises(ProtocolMismatchError) as refused:
+        server.client(protocol=0).check()
+    assert "protocol 0" in str(refused.value) and "protocol 1" in str(refused.value)
+    status, answer = raw_request(server.url + "/v1/info", headers={
+        "Authorization": f"Bearer {server.key}", "X-DuPLUS-Protocol": "2", "X-DuPLUS-Version": "9.0.0"})
+    assert status == 400 and answer["error"] == "ProtocolMismatchError"
+    assert "protocol 2 (DuPLUS 9.0.0)" in answer["message"] and "protocol 1" in answer["message"]
+
+
+def test_remote_only_options_are_refused_with_the_reason(small_volume, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "DuPLUSLib.cli", "segment", str(small_volume), "-p", "CT/abdomen/liver",
+         "-o", str(tmp_path / "out.seg.nrrd"), "--server", "http://127.0.0.1:9", "--model", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
+    assert result.returncode == 2 and "--model cannot be used with --server" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ prognosis
+def test_prognosis_predictions_come_through_the_same_server(server):
+    from DuPLUSLib.prognosis.ehr import EHRValidationError
+
+    client = server.client()
+    answer = client.predict_prognosis({"age": 63, "stage": "III"}, plot=True)
+    readout = answer["readout"]
+    assert isinstance(readout["risk_score"], float) and readout["risk_group"] and readout["sentence"]
+    assert answer["reference"]["curves"] and answer["plot_png"]
+    with pytest.raises(EHRValidationError, match="stage"):
+        client.predict_prognosis({"age": 63, "stage": "VII"})
+
+
+# ------------------------------------------------------------------------------------ Slicer without torch
+def test_the_remote_client_path_runs_in_slicer_without_torch(server, tmp_path):
+    """A subprocess where torch, MONAI, transformers, FastAPI and uvicorn cannot be imported runs the
+    Segment module's Logic against the server, on a real slicer-core scene."""
+    pytest.importorskip("slicer")
+    script = tmp_path / "no_torch.py"
+    script.write_text(NO_TORCH_SCRIPT, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script), server.url, server.key, str(REPOSITORY / "DuPLUSSegment")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=worker_environment(threads=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["blocked_tries"], "the import blocker was never asked: the test proves nothing"
+    assert answer["loaded"] == [] and answer["segments"] == ["liver"]
+
+
+NO_TORCH_SCRIPT = r'''
+import importlib.abc, json, sys, types
+HIDDEN = {"torch", "monai", "transformers", "fastapi", "uvicorn", "starlette"}
+tries = []
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            tries.append(name)
+            raise ImportError(f"{name} is hidden for this test")
+        return None
+
+sys.meta_path.insert(0, Hide())
+for name in list(sys.modules):
+    if name.split(".")[0] in HIDDEN:
+        del sys.modules[name]
+url, key, module_folder = sys.argv[1:4]
+sys.path.insert(0, module_folder)
+try:
+    import torch  # noqa: F401  proves the blocker works
+except ImportError:
+    pass
+
+import numpy as np
+import slicer
+
+scene = slicer.vtkMRMLScene()
+application = slicer.vtkSlicerApplicationLogic()
+application.SetMRMLScene(scene)
+colors = application.GetColorLogic()
+colors.SetMRMLScene(scene)
+colors.AddDefaultColorNodes()
+logics = {"Colors": colors, "Volumes": slicer.vtkSlicerVolumesLogic(),
+          "Segmentations": slicer.vtkSlicerSegmentationsModuleLogic()}
+for name, logic in logics.items():
+    logic.SetMRMLScene(scene)
+    logic.SetMRMLApplicationLogic(application)
+    application.SetModuleLogic(name, logic)
+slicer.mrmlScene = scene
+
+import DuPLUSSegment
+from DuPLUSLib import mrml
+from DuPLUSLib.imageio import VolumeImage
+
+k, j, i = np.meshgrid(np.arange(12), np.arange(18), np.arange(20), indexing="ij")
+inside = (i - 10) ** 2 + (j - 9) ** 2 + ((k - 6) * 1.0) ** 2 < 25
+array = np.where(inside, 300, -100).astype(np.int16)
+volume = mrml.volume_node_from_image(VolumeImage(array, spacing=(4.0, 4.0, 4.0)), "phantom")
+logic = DuPLUSSegment.DuPLUSSegmentLogic()
+print("server:", logic.testConnection(url, key), file=sys.stderr)
+node = logic.segment(volume, ["CT/abdomen/liver"], server=url, apiKey=key, timeout=240)
+print(json.dumps({"segments": [s.name for s in mrml.imported_segments(node)],
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN),
+                  "blocked_tries": tries}))
+'''
+
+
+# ------------------------------------------------------------------------------------ a server that dies
+def test_a_server_killed_mid_job_gives_the_logic_a_clear_error_and_leaves_the_scene(tmp_path, mrml_scene):
+    pytest.importorskip("slicer")
+    import DuPLUSSegment
+    from DuPLUSLib import mrml
+    from DuPLUSLib.server.jobs import _remove_abandoned_roots
+
+    running = RunningServer(tmp_path)
+    volume = mrml.volume_node_from_image(read_image(SAMPLE), "sample")
+    before = scene_snapshot(mrml_scene)
+    logic = DuPLUSSegment.DuPLUSSegmentLogic()
+    logic.remoteLostAfterSeconds = 2.0
+    stages: list[str] = []
+    errors: list[BaseException] = []
+    try:
+        logic.segmentAsync(volume, ["CT/abdomen/*"], server=running.url, apiKey=running.key,
+                           onProgress=lambda stage, fraction, message: stages.append(stage), onError=errors.append)
+        folder = logic._workFolder
+        wait_for(lambda: logic.poll() and "inference" in stages)
+        os.killpg(running.process.pid, signal.SIGKILL)
+        running.process.wait(timeout=30)
+        logic.wait(timeout=60)
+    finally:
+        logic.shutdown()
+        running.stop()
+    assert len(errors) == 1 and isinstance(errors[0], ServerError)
+    assert "stopped answering" in str(errors[0]) and "nothing was imported" in str(errors[0])
+    assert scene_snapshot(mrml_scene) == before and not logic.isBusy and not Path(folder).exists()
+    leftovers = list(running.work_dir.glob("duplus-serve-*"))
+    assert leftovers, "a killed server cannot clean up; the next one does"
+    _remove_abandoned_roots(running.work_dir)  # what the next server does when it starts there
+    assert not list(running.work_dir.glob("duplus-serve-*"))
+
+
+# ------------------------------------------------------------------------------------ logs
+def test_the_log_holds_no_key_and_no_image_data(server):
+    """Run last in this module: every request of the tests above is in this log."""
+    log = server.log()
+    assert "POST /v1/jobs" in log and "GET /v1/info" in log
+    assert server.key not in log and server.key[:12] not in log
+    assert MARKER.decode() not in log
+    assert not re.search(r"[^\x09\x0a\x0d\x20-\x7e]", log), "binary data in the log"
+
+
+def scene_snapshot(scene) -> list[tuple[str, str]]:
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    return sorted((node.GetClassName(), node.GetName() or "") for node in nodes)
