@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def masks_of(path: Path) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ the round trip
+@pytest.mark.slow
 def test_submit_poll_download_gives_the_local_workers_segmentation_of_the_sample(server, tmp_path):
     """What the product owner's check runs: ``duplus segment ... --server``; then the same request
     through the local worker. The two segmentations must be the same, voxel for voxel."""
@@ -213,6 +215,7 @@ def test_health_info_and_ontology_describe_the_server(server):
     assert status == 200 and answer["service"] == "duplus" and "model" not in answer
 
 
+@pytest.mark.slow
 def test_a_logic_run_on_the_server_imports_the_engines_segmentation(server, mrml_scene):
     slicer = pytest.importorskip("slicer")
     import DuPLUSSegment
@@ -252,6 +255,7 @@ def test_a_logic_run_on_the_server_imports_the_engines_segmentation(server, mrml
 
 
 # ------------------------------------------------------------------------------------ cancel and queue
+@pytest.mark.slow
 def test_cancelling_mid_run_stops_the_job_and_leaves_no_temporary_files(server):
     client = server.client()
     job = client.submit(SAMPLE, ["CT/abdomen/*"])
@@ -265,6 +269,7 @@ def test_cancelling_mid_run_stops_the_job_and_leaves_no_temporary_files(server):
     assert server.job_folders() == []
 
 
+@pytest.mark.slow
 def test_cancel_in_slicer_stops_the_server_job_and_leaves_the_scene(server, mrml_scene):
     pytest.importorskip("slicer")
     import DuPLUSSegment
@@ -291,6 +296,7 @@ def test_cancel_in_slicer_stops_the_server_job_and_leaves_the_scene(server, mrml
     wait_for(lambda: server.job_folders() == [] and server.client().info()["queue"]["running"] == 0, timeout_s=60)
 
 
+@pytest.mark.slow
 def test_two_clients_queue_one_job_at_a_time(server, small_volume):
     first, second = server.client(), server.client()
     running = first.submit(SAMPLE, ["CT/abdomen/*"])
@@ -350,6 +356,23 @@ def test_a_non_local_host_is_refused_without_an_api_key(tmp_path):
     assert result.returncode == 2 and "at least 16" in result.stderr and "hunter2pw" not in result.stderr
     assert is_local_host("127.0.0.1") and is_local_host("localhost") and is_local_host("::1")
     assert not is_local_host("0.0.0.0") and not is_local_host("10.1.2.3") and not is_local_host("gpu.hospital.org")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_https_with_uvicorns_certificate_options(tmp_path):
+    """--ssl-certfile/--ssl-keyfile serve https; a client trusts a hospital's own authority via cafile."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "cert-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    running = RunningServer(tmp_path, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        assert running.url.startswith("https://127.0.0.1:")
+        assert running.client(cafile=str(cert)).check()["model"]["name"] == "duplus-default"
+        with pytest.raises(ServerUnreachableError, match="TLS connection failed"):
+            running.client().check()  # a certificate nobody vouches for is refused
+    finally:
+        running.stop()
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -523,6 +546,7 @@ print(json.dumps({"segments": [s.name for s in mrml.imported_segments(node)],
 
 
 # ------------------------------------------------------------------------------------ a server that dies
+@pytest.mark.slow
 def test_a_server_killed_mid_job_gives_the_logic_a_clear_error_and_leaves_the_scene(tmp_path, mrml_scene):
     pytest.importorskip("slicer")
     import DuPLUSSegment
