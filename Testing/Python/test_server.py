@@ -215,6 +215,20 @@ def test_health_info_and_ontology_describe_the_server(server):
     assert status == 200 and answer["service"] == "duplus" and "model" not in answer
 
 
+def test_test_connection_shows_the_servers_model_and_device_or_what_is_wrong(server):
+    pytest.importorskip("slicer")
+    import DuPLUSSegment
+
+    logic = DuPLUSSegment.DuPLUSSegmentLogic()
+    line = logic.testConnection(server.url, server.key)
+    assert "model 'duplus-default' on cpu" in line and "DuPLUS 0.1.0" in line
+    with pytest.raises(AuthenticationError):
+        logic.testConnection(server.url, "wrong-key-" * 3)
+    with pytest.raises(ServerUnreachableError):
+        logic.testConnection("http://127.0.0.1:9", server.key)
+    assert not logic.isBusy and logic.workerPid is None  # nothing was started here
+
+
 @pytest.mark.slow
 def test_a_logic_run_on_the_server_imports_the_engines_segmentation(server, mrml_scene):
     slicer = pytest.importorskip("slicer")
