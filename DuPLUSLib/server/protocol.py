@@ -52,7 +52,9 @@ OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})  # answered without a key: for 
 UPLOAD_FORMATS = {"nrrd": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha"}
 
 # Result formats the download endpoint offers: name -> (file name in the job folder, media type).
-# NIfTI and DICOM SEG plug in here once the engine writes them.
+# Another format (NIfTI labels, DICOM SEG) plugs in with an entry here and a line in
+# jobs.JobQueue._run_one that writes that file into the job folder from the .seg.nrrd (and, for DICOM
+# SEG, the input) once the worker is done, before the input is removed.
 RESULT_FORMATS = {"seg.nrrd": ("result.seg.nrrd", "application/octet-stream")}
 
 # HTTP status of each error class the server answers with (by class name; others: 500).

@@ -320,6 +320,10 @@ def test_two_clients_queue_one_job_at_a_time(server, small_volume):
     status = second.status(waiting["id"])
     assert status["state"] == "queued" and status["position"] == 1
     assert status["events"][-1]["stage"] == "queued" and "1 job ahead" in status["events"][-1]["message"]
+    third = second.submit(small_volume, ["CT/abdomen/spleen"])
+    assert third["position"] == 2 and len(server.job_folders()) == 3
+    assert second.cancel(third["id"])["state"] == "cancelled"  # a queued job goes at once, with its files
+    assert len(server.job_folders()) == 2
     time.sleep(1.0)
     assert second.status(waiting["id"])["state"] == "queued", "the second job started while the first ran"
     first.cancel(running["id"])
@@ -416,6 +420,15 @@ def test_a_corrupt_upload_is_refused_and_nothing_stays_on_the_server(server, tmp
     with pytest.raises(InputImageError, match="corrupt"):
         server.client().submit(noise, ["CT/abdomen/liver"])
     assert server.job_folders() == []
+
+
+def test_a_job_that_fails_on_the_server_reports_its_error_and_leaves_no_files(server, tmp_path):
+    """A volume whose header is fine but which the engine refuses (every voxel the same)."""
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0))
+    constant = write_image(image.with_array(np.full_like(image.array, 40)), tmp_path / "constant.nrrd")
+    with pytest.raises(InputImageError, match="constant"):
+        run_job(server.client(), constant, ["CT/abdomen/liver"], tmp_path / "out.seg.nrrd")
+    assert server.job_folders() == [] and not (tmp_path / "out.seg.nrrd").exists()
 
 
 def test_an_unknown_prompt_is_refused_before_the_upload_is_kept(server, small_volume):
