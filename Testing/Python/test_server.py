@@ -29,13 +29,12 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs the [server] extra")
 pytest.importorskip("uvicorn", reason="the server needs the [server] extra")
 
-from DuPLUSLib.errors import CancelledError, InputImageError, ResourceLimitError, UnknownPromptError  # noqa: E402
+from DuPLUSLib.errors import InputImageError, ResourceLimitError, UnknownPromptError  # noqa: E402
 from DuPLUSLib.imageio import read_image, read_segmentation, write_image  # noqa: E402
 from DuPLUSLib.ontology import load_ontology  # noqa: E402
 from DuPLUSLib.remote import (  # noqa: E402
     AuthenticationError,
     ProtocolMismatchError,
-    RemoteRunner,
     ServerClient,
     ServerError,
     ServerUnreachableError,
