@@ -421,6 +421,17 @@ def test_a_corrupt_upload_is_refused_and_nothing_stays_on_the_server(server, tmp
     assert server.job_folders() == []
 
 
+def test_a_nifti_upload_is_segmented_like_the_same_volume_in_nrrd(server, tmp_path):
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0), radius_mm=20.0)
+    results = {}
+    for name in ("volume.nrrd", "volume.nii.gz"):
+        source = write_image(image, tmp_path / name)
+        done = run_job(server.client(), source, ["CT/abdomen/liver"], tmp_path / f"{name}.seg.nrrd")
+        results[name] = masks_of(Path(done["output"]))["liver"]
+    np.testing.assert_array_equal(results["volume.nrrd"], results["volume.nii.gz"])
+    assert server.job_folders() == []
+
+
 def test_a_job_that_fails_on_the_server_reports_its_error_and_leaves_no_files(server, tmp_path):
     """A volume whose header is fine but which the engine refuses (every voxel the same)."""
     image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0))
