@@ -72,9 +72,8 @@ def registerSampleData() -> None:
 
 @parameterNodeWrapper
 class DuPLUSSegmentParameterNode:
-    """The module's state, saved with the scene. ``modality``, ``region``, ``structures``, ``device``,
-    ``modelFolder`` and ``remoteServer`` are wired by hand (dropdowns filled from the ontology); the
-    rest by ``.ui``. A remote server's API key is never kept here: the scene is saved to disk."""
+    """The module's state, saved with the scene. ``modality``, ``region``, ``structures``, ``device``
+    and ``modelFolder`` are wired by hand (dropdowns filled from the ontology); the rest by ``.ui``."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     modality: str = "CT"
@@ -87,7 +86,7 @@ class DuPLUSSegmentParameterNode:
     modelFolder: str = ""  # empty: the bundled model
     show3D: bool = True
     keepWorkerWarm: bool = True
-    remoteServer: bool = False  # run on a DuPLUS server (duplus serve) instead of this computer
+    remoteServer: bool = False  # "Where to run", wired by hand; the server's API key is never kept here
     serverUrl: str = ""
 
 
@@ -117,8 +116,6 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modalityComboBox.addItem(choice.label, choice.key)
         for key, label in (("auto", _("Automatic")), ("cpu", _("CPU")), ("cuda", _("GPU (CUDA)"))):
             self.ui.deviceComboBox.addItem(label, key)
-        for key, label in (("local", _("This computer")), ("remote", _("A remote server"))):
-            self.ui.whereToRunComboBox.addItem(label, key)
         # Signatures spelled out where Qt overloads the signal (int/QString, bool/vtkMRMLNode*).
         self.ui.modalityComboBox.connect("currentIndexChanged(int)", self.onModalityChanged)
         self.ui.regionComboBox.connect("currentIndexChanged(int)", self.onRegionChanged)
@@ -126,8 +123,9 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.whereToRunComboBox.connect("currentIndexChanged(int)", self.onWhereToRunChanged)
-        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.whereToRunComboBox.connect("currentIndexChanged(int)", lambda i: self._set("remoteServer", i == 1))
+        self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.ui.connectionStatusLabel.setText(
+            self.logic.describeServer(self._parameterNode.serverUrl, self.ui.apiKeyLineEdit.text)))
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
         self.pollTimer = qt.QTimer()
@@ -192,19 +190,6 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelFolderChanged(self, path: str) -> None:
         self._set("modelFolder", path)
 
-    def onWhereToRunChanged(self) -> None:
-        self._set("remoteServer", self.ui.whereToRunComboBox.currentData == "remote")
-
-    def onTestConnection(self) -> None:
-        """Show the server's version, model and device, or what is wrong (address, key, version)."""
-        self.ui.connectionStatusLabel.text = _("Connecting...")
-        slicer.app.processEvents()
-        try:
-            self.ui.connectionStatusLabel.text = self.logic.testConnection(self._parameterNode.serverUrl,
-                                                                           self.ui.apiKeyLineEdit.text)
-        except DuPLUSError as error:
-            self.ui.connectionStatusLabel.text = _("Failed: {message}").format(message=str(error))
-
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         """Copy what connectGui does not bind (dropdowns, model path) and refresh the Segment button."""
         node = self._parameterNode
@@ -212,7 +197,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         _selectData(self.ui.modalityComboBox, node.modality)
         _selectData(self.ui.deviceComboBox, node.device)
-        _selectData(self.ui.whereToRunComboBox, "remote" if node.remoteServer else "local")
+        self.ui.whereToRunComboBox.currentIndex = int(node.remoteServer)  # 0: this computer, 1: a remote server
         self.ui.remoteServerWidget.visible = node.remoteServer
         if self.ui.modelPathLineEdit.currentPath != node.modelFolder:
             self.ui.modelPathLineEdit.currentPath = node.modelFolder
@@ -318,8 +303,7 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         name=node.outputSegmentation.GetName(), segments=", ".join(request.clashes))):
                     return
                 request = dataclasses.replace(request, replace=True)
-            remote = node.remoteServer  # a server needs no PyTorch here
-            if not remote and not install_with_error_display(self.logic.installer):
+            if not node.remoteServer and not install_with_error_display(self.logic.installer):  # remote: no torch here
                 self.ui.statusLabel.text = _("Not started: the Python packages it needs are not installed")
                 return
             self.ui.logTextEdit.clear()
@@ -328,9 +312,8 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.setWarm(node.keepWorkerWarm)
             self.logic.submit(request, onProgress=self.onProgress, onLog=self.ui.logTextEdit.appendPlainText,
                               onFinished=self.onFinished, onError=self.onError, onCancelled=self.onCancelled,
-                              startTimer=False,  # this widget polls with its own timer, which also shows the time
-                              server=node.serverUrl if remote else None,
-                              apiKey=self.ui.apiKeyLineEdit.text if remote else None)
+                              server=node.serverUrl if node.remoteServer else None, apiKey=self.ui.apiKeyLineEdit.text,
+                              startTimer=False)  # this widget polls with its own timer, which also shows the time
         except DuPLUSError as error:
             self.onError(error)
             return

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 import slicer
 
 from .. import cascade, mrml
-from ..errors import CancelledError, InputImageError, ModelBundleError, OutputPathError, UnknownPromptError
+from ..errors import CancelledError, DuPLUSError, InputImageError, ModelBundleError, OutputPathError, UnknownPromptError
 from ..imageio import VolumeImage, write_image
 from ..ontology import Prompt, load_ontology
 from ..progress import Stage
@@ -333,6 +333,13 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         ``ServerError`` for an address that does not answer as a DuPLUS server, ``AuthenticationError``
         for the key, ``ProtocolMismatchError`` naming both versions."""
         return describe_server(ServerClient(server, api_key=apiKey, timeout_s=10.0).check())
+
+    def describeServer(self, server: str, apiKey: str | None = None) -> str:
+        """What "Test connection" shows: :meth:`testConnection`'s line, or what is wrong."""
+        try:
+            return self.testConnection(server, apiKey)
+        except DuPLUSError as error:
+            return f"Failed: {error}"
 
     # ------------------------------------------------------------------ helpers for the GUI
     def checkInputVolume(self, volumeNode) -> str | None:

@@ -223,6 +223,7 @@ def test_test_connection_shows_the_servers_model_and_device_or_what_is_wrong(ser
     assert "model 'duplus-default' on cpu" in line and "DuPLUS 0.1.0" in line
     with pytest.raises(AuthenticationError):
         logic.testConnection(server.url, "wrong-key-" * 3)
+    assert logic.describeServer(server.url, "wrong-key-" * 3).startswith("Failed: this server needs its API key")
     with pytest.raises(ServerUnreachableError):
         logic.testConnection("http://127.0.0.1:9", server.key)
     assert not logic.isBusy and logic.workerPid is None  # nothing was started here
