@@ -495,6 +495,11 @@ def test_remote_only_options_are_refused_with_the_reason(small_volume, tmp_path)
          "-o", str(tmp_path / "out.seg.nrrd"), "--server", "http://127.0.0.1:9", "--model", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
     assert result.returncode == 2 and "--model cannot be used with --server" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "DuPLUSLib.cli", "segment", str(small_volume), "-p", "CT/abdomen/liver",
+         "-o", str(tmp_path / "out.nii.gz"), "--server", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
+    assert result.returncode == 2 and "--server writes a .seg.nrrd" in result.stderr
 
 
 # ------------------------------------------------------------------------------------ prognosis
