@@ -273,10 +273,10 @@ class _PrognosisService:
 
     def predict(self, ehr: dict[str, Any], plot: bool) -> dict[str, Any]:
         from ..prognosis.bundle import load_prognosis_bundle
-        from ..prognosis.ehr import parse_ehr
+        from ..prognosis.form import validate_patient
         from ..prognosis.pipeline import predict_patient, report_payload
 
-        record = parse_ehr(ehr)
+        record = validate_patient(ehr, self.model)  # as the worker's prognosis requests: the model's own fields
         with self._lock:
             if self._bundle is None:
                 self._bundle = load_prognosis_bundle(self.model)
