@@ -73,8 +73,10 @@ def generate_phantom(
     ``spacing`` (mm, one value or per voxel axis i, j, k) replaces the protocol's spacing, e.g. 4 mm
     for fast tests; ``size_mm`` (patient x, y, z) replaces the field of view; ``shift`` (or its alias
     ``domain``) applies a :class:`DomainShift`, a "new centre" look, leaving the anatomy unchanged.
-    Labels are returned for every structure of ``ontology.hierarchy[modality][region]``; a tumour or
-    lesion mask is empty in the ~30 % of cases without one.
+    Labels are returned for every structure of ``ontology.hierarchy[modality][region]`` that the
+    phantom's anatomy draws (a tumour or lesion mask is empty in the ~30 % of cases without one).
+    Structures it never draws (the colon, ribs or gluteal muscles that real CT labels annotate) are
+    left out, not returned empty: an empty mask would teach the model that they are absent.
     """
     ontology = load_ontology()
     modality, region = _check_context(ontology, modality, region)
@@ -91,7 +93,8 @@ def generate_phantom(
     acquisition = acquisition_for(modality, region, anatomy, warp, grid_rng, spacing, size_mm, shift, model)
     canvas = paint(anatomy, acquisition, warp, model.values, model.background)
     image_array = model.finish(canvas, acquisition)
-    labels = {key: canvas.labels.get(key, np.zeros(acquisition.shape_kji, dtype=bool)) for key in wanted}
+    drawn = drawn_structures(anatomy, wanted, ontology)
+    labels = {key: canvas.labels.get(key, np.zeros(acquisition.shape_kji, dtype=bool)) for key in wanted if key in drawn}
     body = canvas.body
     notes = {"plane": acquisition.plane, **anatomy.notes}
     if getattr(model, "field_of_view", None) is not None:  # ultrasound: nothing is seen outside the fan
@@ -116,6 +119,14 @@ def _check_context(ontology: Ontology, modality: str, region: str) -> tuple[str,
             f"'{region}' is not a region of {modality}; choose one of: {', '.join(ontology.hierarchy[modality])}"
         )
     return modality, region
+
+
+def drawn_structures(anatomy: Anatomy, wanted: Sequence[str], ontology: Ontology) -> set[str]:
+    """The structures of ``wanted`` this anatomy can label: those of its layers and unions, and every
+    tumour or lesion (drawn in most cases, a true negative in the others)."""
+    keys = {layer.key for layer in anatomy.layers if layer.key} | set(anatomy.label_unions)
+    keys |= {k for layer in anatomy.layers for k in layer.within}
+    return {k for k in wanted if k in keys or ontology.structures[k].kind == "tumour"}
 
 
 def select_labels(anatomy: Anatomy, wanted: Sequence[str], ontology: Ontology) -> Anatomy:

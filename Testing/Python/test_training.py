@@ -205,7 +205,7 @@ def config_dict(**changes) -> dict:
         (config_dict(datasets=[{"kind": "phantom", "case": 3}]), r"unknown key\(s\) in datasets\[0\]: case"),
         (config_dict(prompts={"code": "morse"}), "prompts.code must be text or onehot"),
         (config_dict(network={"chanels": [8, 16]}), "network: unknown network setting"),
-        (config_dict(datasets=[{"kind": "atlas"}]), "kind must be phantom, mni152 or decathlon"),
+        (config_dict(datasets=[{"kind": "atlas"}]), "kind must be phantom, mni152, decathlon or synth"),
         ({"datasets": [{"kind": "phantom"}]}, "needs a 'name'"),
     ],
 )
