@@ -47,7 +47,7 @@ def test_different_seeds_give_different_cases():
 # What the phantom generator draws; ontology 1.1 added structures only real data annotate.
 PHANTOM_CT_ABDOMEN = ["liver", "liver_tumour", "spleen", "pancreas", "stomach", "gallbladder", "kidney_left",
                       "kidney_right", "kidney_tumour", "adrenal_left", "adrenal_right", "aorta",
-                      "inferior_vena_cava", "oesophagus", "vertebrae"]
+                      "inferior_vena_cava", "oesophagus", "vertebrae", "spinal_cord"]
 
 
 def test_ct_abdomen_has_every_structure_the_phantom_draws(ct_abdomen):
