@@ -96,32 +96,46 @@ class DecathlonEntry:
 
 
 # --------------------------------------------------------------------------------- the mapping
-def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None) -> LabelMapping:
-    """Read and validate a mapping file; raises :class:`DatasetError` naming the file and the fault."""
-    ontology = ontology or load_ontology()
+def read_mapping_header(
+    path: str | os.PathLike[str], keys: tuple[str, ...], ontology: Ontology, hint: str = ""
+) -> tuple[dict, str, str]:
+    """A mapping file's JSON object with its modality and region resolved against the ontology.
+
+    ``keys`` are the keys the file may hold; ``modality``, ``region`` and the first key after them
+    (what it maps: ``labels`` or ``segments``) are required. Shared by the label-value mappings
+    here and the DICOM reference mappings, so both refuse a bad file with the same words.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mapping file '{path}' does not exist")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise DatasetError(f"mapping file '{path}' is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise DatasetError(f"mapping file '{path}' must hold a JSON object")
-    unknown = set(document) - {"modality", "region", "labels", "ignore", "channel", "description"}
+    unknown = set(document) - set(keys)
     if unknown:
         raise DatasetError(
-            f"mapping file '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
-            "known: modality, region, labels, ignore, channel, description"
+            f"mapping file '{path}': unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(keys)}"
         )
-    for key in ("modality", "region", "labels"):
+    for key in keys[:3]:
         if key not in document:
-            raise DatasetError(f"mapping file '{path}' needs '{key}'")
+            raise DatasetError(f"mapping file '{path}' needs '{key}'{hint}")
     try:
         modality = ontology.modality_key(str(document["modality"]))
         region = ontology.region_key(str(document["region"]), modality)
     except UnknownPromptError as error:
         raise DatasetError(f"mapping file '{path}': {error}") from None
+    return document, modality, region
+
+
+def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None) -> LabelMapping:
+    """Read and validate a mapping file; raises :class:`DatasetError` naming the file and the fault."""
+    ontology = ontology or load_ontology()
+    path = Path(path)
+    document, modality, region = read_mapping_header(
+        path, ("modality", "region", "labels", "ignore", "channel", "description"), ontology)
     labels = document["labels"]
     if not isinstance(labels, dict) or not labels:
         raise DatasetError(f"mapping file '{path}': 'labels' must be a non-empty object")

@@ -22,7 +22,6 @@ references point to; a reference drawn on another series is refused (``dicom_ref
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from ..errors import UnknownPromptError
 from ..imageio import VolumeImage, read_image
 from ..ontology import Ontology, load_ontology
-from .decathlon import DatasetError
+from .decathlon import DatasetError, read_mapping_header
 
 __all__ = ["DicomCase", "ReferenceMapping", "find_dicom_cases", "iter_dicom_cases", "load_reference_mapping"]
 
@@ -71,26 +70,9 @@ class DicomCase:
 def load_reference_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None) -> ReferenceMapping:
     ontology = ontology or load_ontology()
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"mapping file '{path}' does not exist")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise DatasetError(f"mapping file '{path}' is not valid JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise DatasetError(f"mapping file '{path}' must hold a JSON object")
-    unknown = set(document) - {"modality", "region", "segments", "ignore", "description"}
-    if unknown:
-        raise DatasetError(f"mapping file '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
-                           "known: modality, region, segments, ignore, description")
-    for key in ("modality", "region", "segments"):
-        if key not in document:
-            raise DatasetError(f"mapping file '{path}' needs '{key}' (a DICOM reference mapping names segments by name)")
-    try:
-        modality = ontology.modality_key(str(document["modality"]))
-        region = ontology.region_key(str(document["region"]), modality)
-    except UnknownPromptError as error:
-        raise DatasetError(f"mapping file '{path}': {error}") from None
+    document, modality, region = read_mapping_header(
+        path, ("modality", "region", "segments", "ignore", "description"), ontology,
+        " (a DICOM reference mapping names segments by name)")
     segments = document["segments"]
     if not isinstance(segments, dict) or not segments:
         raise DatasetError(f"mapping file '{path}': 'segments' must be a non-empty object of name: structure")
