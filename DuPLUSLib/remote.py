@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import CancelledError, DuPLUSError, InputImageError, OutputPathError, ResourceLimitError
-from .segment_process import RunCallbacks, RunnerState, error_from_event
+from .segment_process import RunCallbacks, RunnerState, error_from_event, wait_for_run
 from .server.protocol import (
     API_PREFIX,
     PROTOCOL_HEADER,
@@ -495,14 +495,7 @@ class RemoteRunner:
 
     def wait(self, timeout_s: float | None = None, interval_s: float = 0.05,
              between_polls: Callable[[], None] | None = None) -> None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.poll():
-            if between_polls:
-                between_polls()
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise TimeoutError(f"segmentation did not finish within {timeout_s:.0f} s; cancelled")
-            time.sleep(interval_s)
+        wait_for_run(self, "segmentation", timeout_s, interval_s, between_polls)
 
     def shutdown(self) -> None:
         self.cancel()

@@ -63,6 +63,22 @@ class WorkerTimeoutError(WorkerError, TimeoutError):
     """A blocking run did not finish in the time given; it was cancelled."""
 
 
+def wait_for_run(runner, job_name: str, timeout_s: float | None, interval_s: float,
+                 between_polls: Callable[[], None] | None) -> None:
+    """Poll ``runner`` until its run ends; on timeout cancel it and raise :class:`WorkerTimeoutError`.
+
+    Shared by the local and the remote runner, so a console script sees the same error from both.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while runner.poll():
+        if between_polls:
+            between_polls()
+        if deadline is not None and time.monotonic() > deadline:
+            runner.cancel()
+            raise WorkerTimeoutError(f"the {job_name} did not finish within {timeout_s:.0f} s and was cancelled")
+        time.sleep(interval_s)
+
+
 class RunnerState(str, Enum):
     IDLE = "idle"
     STARTING = "starting"  # a new worker is starting; the request waits in its stdin
@@ -512,14 +528,7 @@ class BackgroundRunner:
         ``between_polls`` runs between polls, e.g. ``slicer.app.processEvents`` to keep the GUI
         painting. On timeout the run is cancelled and :class:`WorkerTimeoutError` raised.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self.poll():
-            if between_polls:
-                between_polls()
-            if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
-                raise WorkerTimeoutError(f"the {self.job_name} did not finish within {timeout_s:.0f} s and was cancelled")
-            time.sleep(interval_s)
+        wait_for_run(self, self.job_name, timeout_s, interval_s, between_polls)
 
     def shutdown(self) -> None:
         """Cancel any run and let the warm worker go (quit, then kill if it lingers)."""
