@@ -386,14 +386,17 @@ def run_batch(
     progress: CaseProgress | None = None,
     on_case: Callable[[BatchCase, str, dict], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    server=None,
 ) -> BatchResult:
     """Segment every case of this shard into ``outdir``, loading the model once (see the module doc).
 
     ``progress(case, position, count, stage, fraction, message)`` reports within a case;
     ``on_case(case, status, info)`` once per case with status ``done``, ``skipped`` or ``failed``.
+    With ``server`` (a :class:`~DuPLUSLib.remote.ServerClient`) each case runs on that server
+    instead, one after another, and the outputs, reports and summary are the same; no model is
+    loaded here and PyTorch is not needed.
     """
     from .formats import check_format_input
-    from .inference import segment_file
     from .ontology import load_ontology
 
     load_ontology().parse_many(prompts, modality)  # a typo fails now, before any case
@@ -416,19 +419,19 @@ def run_batch(
             if on_case:
                 on_case(case, "skipped", finished)
             continue
-        if segmenter is None:  # once, and only when a case needs it; a bad model stops the run
+        if server is None and segmenter is None:  # once, and only when a case needs it; a bad model stops the run
             segmenter = _load_segmenter(model, adapter, device)
+        elif server is not None and counts["done"] + counts["failed"] == 0:
+            server.check()  # a wrong key, address or protocol stops the run before the first upload
         started = time.perf_counter()
         try:
             def case_progress(stage: str, fraction: float, message: str, case=case, position=position) -> None:
                 if progress:
                     progress(case, position, len(selected), stage, fraction, message)
 
-            result = segment_file(
-                case.input, prompts, case_output(outdir, case, format), segmenter=segmenter, modality=modality,
-                overwrite=True, progress=case_progress, cancel=cancel, series_uid=case.series_uid,
-                format=format, split=split, report=None,
-            )
+            result = _segment_case(case, prompts, case_output(outdir, case, format), segmenter, server,
+                                   modality=modality, overwrite=True, progress=case_progress, cancel=cancel,
+                                   series_uid=case.series_uid, format=format, split=split, report=None)
             result["seconds"] = round(time.perf_counter() - started, 2)
             result["case_id"] = case.case_id
             with atomic_output(case_report(outdir, case), overwrite=True) as temporary:
@@ -448,6 +451,17 @@ def run_batch(
         write_summary(summary, rows)
     write_summary(summary, rows)
     return BatchResult(summary, len(selected), counts["done"], counts["skipped"], counts["failed"], rows)
+
+
+def _segment_case(case: BatchCase, prompts, output: Path, segmenter, server, **options) -> dict:
+    """One case here (``segmenter``) or on the server (``server``): the same options, the same summary."""
+    if server is not None:
+        from .remote import segment_file_remote
+
+        return segment_file_remote(server, case.input, prompts, output, **options)
+    from .inference import segment_file
+
+    return segment_file(case.input, prompts, output, segmenter=segmenter, **options)
 
 
 def _load_segmenter(model, adapter, device):

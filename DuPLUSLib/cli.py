@@ -154,12 +154,9 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.split and args.format not in (None, "nifti"):
         raise UsageError(f"--split writes one NIfTI per structure; it does not apply to --format {args.format}")
     batch = is_batch_request(args.input, args.inputs, args.output, args.shard)
-    if args.server:
-        summary = _run_segment_on_server(args, batch)
-    elif batch:
-        return _run_batch(args)
-    else:
-        summary = _run_segment_here(args)
+    if batch:
+        return _run_batch(args, server=_server_client(args) if args.server else None)
+    summary = _run_segment_on_server(args) if args.server else _run_segment_here(args)
     if args.progress == "json":
         print(json.dumps({"event": "done", **{k: summary.get(k) for k in ("output", "report", "preview")},
                           "files": summary.get("files"), "timings_s": summary.get("timings_s"),
@@ -169,31 +166,31 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_segment_on_server(args: argparse.Namespace, batch: bool) -> dict:
-    from .remote import ServerClient, read_api_key_file, segment_file_remote
+def _server_client(args: argparse.Namespace):
+    """The client of ``--server``, after refusing the options only a local run has."""
+    from .remote import client_from_options
 
-    if batch:
-        raise UsageError("--server segments one input at a time; for a batch, run 'duplus segment' on the server "
-                         "itself, or one command per input")
     here_only = [flag for flag, used in (("--model", args.model), ("--adapter", args.adapter),
                                          ("--preview", args.preview), ("--probabilities", args.probabilities),
-                                         ("--device", args.device != "auto"), ("--split", args.split),
-                                         ("--format " + str(args.format), args.format not in (None, "seg.nrrd")))
+                                         ("--device", args.device != "auto"))
                  if used]
     if here_only:
         raise UsageError(f"{', '.join(here_only)} cannot be used with --server: the server chose its model and device "
-                         "when it started (duplus serve --model, --device), and sends back a .seg.nrrd and the "
+                         "when it started (duplus serve --model, --device), and sends back the segmentation and the "
                          "report only")
-    if args.output.lower().endswith((".nii", ".nii.gz", ".dcm")):
-        raise UsageError(f"--server writes a .seg.nrrd; name the output like 'result.seg.nrrd', not '{args.output}'")
-    key = read_api_key_file(args.api_key_file) if args.api_key_file else os.environ.get("DUPLUS_API_KEY")
-    client = ServerClient(args.server, api_key=key)
+    return client_from_options(args.server, args.api_key_file)
+
+
+def _run_segment_on_server(args: argparse.Namespace) -> dict:
+    from .remote import segment_file_remote
+
+    client = _server_client(args)
     cancel = _install_stop_handlers()
     progress, close = _progress_reporter(args.progress)
     try:
         return segment_file_remote(client, args.input[0], args.prompts, args.output, report=args.report,
                                    modality=args.modality, overwrite=args.overwrite, progress=progress,
-                                   cancel=cancel, series_uid=args.series)
+                                   cancel=cancel, series_uid=args.series, format=args.format, split=args.split)
     finally:
         close()
 
@@ -226,7 +223,7 @@ def _run_segment_here(args: argparse.Namespace) -> dict:
         close()
 
 
-def _run_batch(args: argparse.Namespace) -> int:
+def _run_batch(args: argparse.Namespace, server=None) -> int:
     from .batch import expand_inputs, parse_shard, run_batch
 
     for flag, value in (("--report", args.report), ("--preview", args.preview),
@@ -244,7 +241,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     try:
         result = run_batch(cases, args.prompts, args.output, model=args.model, adapter=args.adapter,
                            device=args.device, modality=args.modality, format=format, split=args.split,
-                           overwrite=args.overwrite, shard=shard, progress=progress, on_case=on_case, cancel=cancel)
+                           overwrite=args.overwrite, shard=shard, progress=progress, on_case=on_case, cancel=cancel,
+                           server=server)
     finally:
         close()
     line = {"summary": str(result.summary.resolve()), "cases": result.cases, "done": result.done,

@@ -31,10 +31,12 @@ from .imageio import SegmentMask, VolumeImage, atomic_output, check_output_path,
 
 if TYPE_CHECKING:  # inference imports torch; this module must not need it
     from .inference import SegmentationResult
+    from .ontology import Prompt
 
 __all__ = [
     "FORMATS",
     "check_format_input",
+    "convert_segmentation",
     "default_suffix",
     "format_for_path",
     "output_files",
@@ -166,6 +168,44 @@ def write_segments(
     if format == "nifti":
         return write_nifti(segments, reference, path, split=split, overwrite=overwrite, prompts=prompts)
     return [write_dicom_seg(segments, reference, path, overwrite=overwrite)]
+
+
+def convert_segmentation(
+    segmentation: str | os.PathLike[str],
+    prompts: Sequence["Prompt"],
+    path: str | os.PathLike[str],
+    format: str,
+    *,
+    split: bool = False,
+    overwrite: bool = True,
+    confidences: dict[str, float | None] | None = None,
+    reference: VolumeImage | None = None,
+) -> list[Path]:
+    """Rewrite a ``.seg.nrrd`` of these prompts as ``format``, in the prompts' order.
+
+    For a segmentation made elsewhere (on a server): the ``.seg.nrrd`` holds the input's full
+    grid, so NIfTI needs nothing else; a DICOM SEG needs ``reference``, the source series read
+    here, for its UIDs. ``confidences`` (structure key -> mean probability) go into the label table.
+    """
+    from .imageio import read_segmentation
+    from .ontology import load_ontology
+
+    ontology = load_ontology()
+    geometry, masks = read_segmentation(segmentation, ontology)
+    reference = reference if reference is not None else geometry
+    if reference.array.shape != geometry.array.shape:
+        raise InputImageError(
+            f"the segmentation has {geometry.array.shape} voxels but its image {reference.array.shape}; they do not "
+            "belong together: segment this image again"
+        )
+    missing = [prompt.key for prompt in prompts if prompt.structure not in masks]
+    if missing:
+        raise InputImageError(f"'{segmentation}' has no segment for {', '.join(missing)}; segment the image again")
+    segments = [SegmentMask(ontology.structures[prompt.structure], masks[prompt.structure],
+                            (confidences or {}).get(prompt.structure))
+                for prompt in prompts]
+    return write_segments(segments, reference, path, format, split=split, overwrite=overwrite,
+                          prompts=[prompt.key for prompt in prompts])
 
 
 def _label_entry(segment: SegmentMask, prompt: str | None) -> dict:

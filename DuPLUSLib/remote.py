@@ -64,6 +64,7 @@ __all__ = [
     "ServerClient",
     "ServerError",
     "ServerUnreachableError",
+    "client_from_options",
     "describe_server",
     "read_api_key_file",
     "run_job",
@@ -264,6 +265,12 @@ def read_api_key_file(path: str | os.PathLike[str]) -> str:
     return key
 
 
+def client_from_options(url: str, api_key_file: str | os.PathLike[str] | None = None) -> "ServerClient":
+    """The client a command line asks for: ``--server URL`` with ``--api-key-file F`` or ``DUPLUS_API_KEY``."""
+    key = read_api_key_file(api_key_file) if api_key_file else os.environ.get("DUPLUS_API_KEY")
+    return ServerClient(url, api_key=key)
+
+
 def describe_server(info: dict) -> str:
     """One line for "Test connection": version, model, device, queue."""
     model = info.get("model") or {}
@@ -299,6 +306,7 @@ def run_job(
     lost_after_s: float = 15.0,
     on_submitted: Callable[[str], None] | None = None,
     reported_input: str | os.PathLike[str] | None = None,
+    reported_output: str | os.PathLike[str] | None = None,
 ) -> dict:
     """Segment ``input_path`` on the server: upload, wait, download the ``.seg.nrrd`` (and report).
 
@@ -308,7 +316,9 @@ def run_job(
     is cancelled on the server and :class:`CancelledError` raised. The job's files are removed from
     the server once the result is here, or on any failure. A server that stops answering for
     ``lost_after_s`` is an error, and nothing is written. The report names ``reported_input``
-    (default ``input_path``) as its input: the user's file when a converted copy was sent.
+    (default ``input_path``) as its input: the user's file when a converted copy was sent; and
+    ``reported_output`` (default ``output``) as its output: the user's file when the download is
+    converted to another format.
     """
     progress = progress or (lambda stage, fraction, message: None)
     cancel = cancel or (lambda: False)
@@ -332,7 +342,7 @@ def run_job(
         progress("downloading", 0.0, "receiving the segmentation")
         client.download_result(job_id, output)
         if report is not None:
-            _write_report(client.report(job_id), reported_input or input_path, output, report)
+            _write_report(client.report(job_id), reported_input or input_path, reported_output or output, report)
         progress("downloading", 1.0, "received")
         finished = True
     finally:
@@ -615,30 +625,56 @@ def segment_file_remote(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     series_uid: str | None = None,
+    format: str | None = None,
+    split: bool = False,
 ) -> dict:
     """``duplus segment ... --server``: what :func:`~DuPLUSLib.inference.segment_file` does, on the server.
 
     Outputs and prompts are checked here before anything is sent; a DICOM folder (or an .nhdr or
     .mhd file, which name a second file) is converted to NRRD locally first, which needs SimpleITK
-    but not PyTorch.
+    but not PyTorch. The server sends a ``.seg.nrrd``; another ``format`` (NIfTI, split NIfTI, DICOM
+    SEG) is written here from it by the same writers as a local run (:mod:`.formats`). A DICOM SEG
+    is made on this side because only this side holds the DICOM series it must reference.
     """
+    from .formats import check_format_input, check_output_files, convert_segmentation, format_for_path
     from .imageio import check_output_path
     from .ontology import load_ontology
 
-    for path in (output, report):
-        if path is not None:
-            check_output_path(path, overwrite)
-    load_ontology().parse_many(prompts, modality)  # a typo fails before the upload
+    format = format or ("nifti" if split else format_for_path(output))
+    parsed = load_ontology().parse_many(prompts, modality)  # a typo fails before the upload
+    check_output_files(output, format, [p.structure for p in parsed], split, overwrite)
+    if report is not None:
+        check_output_path(report, overwrite)
     source = Path(input_path)
     if not source.exists():
         raise InputImageError(f"input image '{source}' does not exist")
+    check_format_input(format, source, source.is_dir())
+    keys = [prompt.key for prompt in parsed]  # the server parses them again, expanded: 'CT/abdomen/*' is sent as each structure
     with tempfile.TemporaryDirectory(prefix="duplus-upload-") as folder:
-        upload = source
+        upload, image = source, None
         if series_uid is not None or source.is_dir() or not _uploadable(source):
             from .imageio import read_image, write_image
 
             if progress:
                 progress("loading", 0.0, f"converting {source.name} to NRRD for the upload")
-            upload = write_image(read_image(source, series_uid), Path(folder) / "input.nrrd")
-        return run_job(client, upload, prompts, output, report=report, modality=modality, progress=progress,
-                       cancel=cancel, reported_input=source)
+            image = read_image(source, series_uid)
+            upload = write_image(image, Path(folder) / "input.nrrd")
+        if format == "seg.nrrd":
+            done = run_job(client, upload, keys, output, report=report, modality=modality,
+                           progress=progress, cancel=cancel, reported_input=source)
+            return {**done, "format": format, "split": False, "files": [str(Path(output))]}
+        downloaded = Path(folder) / "result.seg.nrrd"
+        done = run_job(client, upload, keys, downloaded, report=report, modality=modality,
+                       progress=progress, cancel=cancel, reported_input=source, reported_output=output)
+        if progress:
+            progress("writing", 0.0, f"writing {Path(output).name} ({format})")
+        if format == "dicom-seg" and image is None:
+            from .imageio import read_image
+
+            image = read_image(source, series_uid)
+        confidences = {entry.get("structure"): entry.get("confidence") for entry in done.get("segments") or []}
+        written = convert_segmentation(downloaded, parsed, output, format, split=split, overwrite=overwrite,
+                                       confidences=confidences, reference=image)
+    output_name = str(written[0].parent) if format == "nifti" and split else str(Path(output))
+    return {**done, "output": output_name, "format": format, "split": bool(split and format == "nifti"),
+            "files": [str(path) for path in written]}

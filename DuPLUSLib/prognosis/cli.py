@@ -79,6 +79,10 @@ def register(subparsers) -> None:
     predict.add_argument("--overwrite", action="store_true")
     predict.add_argument("--progress", default="text", choices=["text", "json"],
                          help="json: one JSON object per line on stdout (for the Slicer module)")
+    predict.add_argument("--server", metavar="URL",
+                         help="predict on a DuPLUS server ('duplus serve', its --prognosis-model) instead of here")
+    predict.add_argument("--api-key-file", help="with --server: the file holding the server's API key "
+                                                "(or set DUPLUS_API_KEY)")
     predict.set_defaults(run=run)
 
 
@@ -101,6 +105,8 @@ def _cohort_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prognosis_command == "predict" and args.server:
+        return _run_predict_on_server(args)  # the server does the work: no PyTorch needed here
     import torch
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
@@ -271,7 +277,8 @@ def _run_train(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------- predict
 def _run_predict(args: argparse.Namespace) -> int:
     from .bundle import load_prognosis_bundle
-    from .pipeline import predict_patient, read_patient_values, write_readout
+    from .ehr import read_patient_values
+    from .pipeline import predict_patient, write_readout
 
     values = read_patient_values(args.ehr)
     bundle = load_prognosis_bundle(args.model)
@@ -283,6 +290,11 @@ def _run_predict(args: argparse.Namespace) -> int:
             check_output_path(target, args.overwrite)
     readout = predict_patient(bundle, record, args.image, args.segmentation, covariates=covariates)
     write_readout(readout, bundle, args.report, args.plot, args.overwrite)
+    _print_readout(args, readout)
+    return 0
+
+
+def _print_readout(args: argparse.Namespace, readout) -> None:
     if args.progress == "json":
         print(json.dumps({"event": "done", "report": args.report, "plot": args.plot,
                           "readout": readout.to_dict()}), flush=True)
@@ -291,4 +303,37 @@ def _run_predict(args: argparse.Namespace) -> int:
         for label, target in (("report", args.report), ("plot", args.plot)):
             if target:
                 print(f"{label}: {target}")
+
+
+def _run_predict_on_server(args: argparse.Namespace) -> int:
+    """``predict --server``: the same readout, report and plot, computed by the server's model."""
+    import base64
+
+    from ..cli import UsageError
+    from ..imageio import atomic_output, check_output_path
+    from ..remote import client_from_options
+    from .ehr import read_patient_values
+    from .readout import PatientReadout
+
+    here_only = [flag for flag, value in (("--model", args.model), ("--image", args.image),
+                                          ("--segmentation", args.segmentation)) if value]
+    if here_only:
+        raise UsageError(f"{', '.join(here_only)} cannot be used with --server: the server chose its prognosis model "
+                         "when it started (duplus serve --prognosis-model), and takes EHR-only models; run without "
+                         "--server for image features")
+    values = read_patient_values(args.ehr)
+    for target in (args.plot, args.report):
+        if target:
+            check_output_path(target, args.overwrite)
+    answer = client_from_options(args.server, args.api_key_file).predict_prognosis(values, plot=bool(args.plot))
+    readout = PatientReadout(**answer["readout"])
+    if args.plot:
+        with atomic_output(args.plot, args.overwrite) as temporary:
+            temporary.write_bytes(base64.b64decode(answer["plot_png"]))
+    if args.report:
+        report = {key: value for key, value in answer.items() if key != "plot_png"} | {"server": args.server}
+        with atomic_output(args.report, args.overwrite) as temporary:
+            temporary.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    _print_readout(args, readout)
     return 0
+

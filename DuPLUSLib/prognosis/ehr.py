@@ -11,9 +11,12 @@ that names the field and, for cohorts, the row and column.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +28,7 @@ __all__ = [
     "EHRValidationError",
     "EHR_FIELDS",
     "parse_ehr",
+    "read_patient_values",
     "ehr_sentence",
     "NUMERIC_FEATURES",
     "numeric_encoding",
@@ -296,3 +300,17 @@ def numeric_encoding(record: EHRRecord) -> np.ndarray:
         math.nan if record.ecog is None else float(record.ecog),
         lookup(TREATMENT_INTENSITY, record.treatment),
     ], dtype=np.float64)
+
+
+def read_patient_values(path: "str | os.PathLike[str]") -> dict:
+    """An EHR JSON file -> its field: value pairs (validated against a model by ``bundle.parse_patient``)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EHRValidationError(f"EHR file '{path}' does not exist") from None
+    except json.JSONDecodeError as error:
+        raise EHRValidationError(f"EHR file '{path}' is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise EHRValidationError(f"EHR file '{path}' must hold one JSON object of field: value pairs")
+    return values

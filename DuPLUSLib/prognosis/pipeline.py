@@ -17,7 +17,7 @@ from ..imageio import atomic_output, check_output_path
 from .baseline import CoxBaseline
 from .bundle import PrognosisBundle
 from .cohort import Cohort, CohortError
-from .ehr import EHR_FIELDS, EHRValidationError, parse_ehr
+from .ehr import EHR_FIELDS, EHRValidationError, parse_ehr, read_patient_values
 from .evaluation import CVResult, cross_validate
 from .features import PatientInputs, encode_patients
 from .image_features import (MEASUREMENT_NAMES, NoTumourError, measurements_vector, pooled_network_features,
@@ -135,20 +135,6 @@ def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig,
 
 
 # ---------------------------------------------------------------------------------- patients
-def read_patient_values(path: str | os.PathLike[str]) -> dict:
-    """An EHR JSON file -> its field: value pairs (validated against a model by ``bundle.parse_patient``)."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EHRValidationError(f"EHR file '{path}' does not exist") from None
-    except json.JSONDecodeError as error:
-        raise EHRValidationError(f"EHR file '{path}' is not valid JSON: {error}") from None
-    if not isinstance(values, dict):
-        raise EHRValidationError(f"EHR file '{path}' must hold one JSON object of field: value pairs")
-    return values
-
-
 def read_patient_ehr(path: str | os.PathLike[str]):
     """An EHR JSON file -> validated record (schema fields only; age required)."""
     return parse_ehr(read_patient_values(path))

@@ -160,10 +160,13 @@ def create_app(queue: JobQueue, settings: ServerSettings) -> FastAPI:
         _only_parameters(request, "format")
         fmt = request.query_params.get("format", "seg.nrrd")
         if fmt not in RESULT_FORMATS:
+            dicom = (" A DICOM SEG must reference the DICOM series, which only the client holds: "
+                     "'duplus segment SERIES -o result.dcm --server URL' writes it there.")
             raise UnsupportedFormatError(
-                f"result format '{fmt}' is not offered; choose one of: {', '.join(sorted(RESULT_FORMATS))}"
+                f"result format '{fmt}' is not offered; choose one of: {', '.join(sorted(RESULT_FORMATS))}."
+                + (dicom if "dcm" in fmt or "dicom" in fmt else "")
             )
-        path = queue.result_file(job_id, fmt)
+        path = await run_in_threadpool(queue.result_file, job_id, fmt)  # NIfTI is written on first request
         name, media_type = RESULT_FORMATS[fmt]
         log.info("job %s: result sent (%.1f MB)", job_id[:8], path.stat().st_size / 1e6)
         return FileResponse(path, media_type=media_type, filename=name)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputImageError, ResourceLimitError
-from .protocol import API_PREFIX, RESULT_FORMATS, JobNotFoundError, JobStateError, QueueFullError
+from .protocol import API_PREFIX, NIFTI_FORMATS, RESULT_FORMATS, JobNotFoundError, JobStateError, QueueFullError
 
 __all__ = ["Job", "JobQueue", "JobState"]
 
@@ -214,6 +214,8 @@ class JobQueue:
         if job.state is not JobState.DONE:
             raise JobStateError(f"job '{job_id}' is {job.state.value}; a result exists only once it is done")
         path = job.folder / RESULT_FORMATS[fmt][0]
+        if fmt in NIFTI_FORMATS and not job.files_removed and not path.is_file() and job.result_path.is_file():
+            _write_nifti(job)
         if job.files_removed or not path.is_file():
             raise JobNotFoundError(
                 f"the result of job '{job_id}' has been removed (downloaded and deleted, or kept longer than "
@@ -319,6 +321,18 @@ class JobQueue:
     def _cancel_requested(self) -> bool:
         job = self._running
         return job is not None and (job.cancel_requested.is_set() or self._stopping)
+
+
+def _write_nifti(job: Job) -> None:
+    """The job's multi-label NIfTI and label table, from its ``.seg.nrrd``, with the run's confidences."""
+    from ..formats import convert_segmentation
+    from ..ontology import load_ontology
+
+    done = next((event for event in reversed(job.events) if event.get("event") == "done"), {})
+    confidences = {entry.get("structure"): entry.get("confidence") for entry in done.get("segments") or []}
+    prompts = load_ontology().parse_many(job.prompts, job.modality)
+    convert_segmentation(job.result_path, prompts, job.folder / RESULT_FORMATS["nii.gz"][0], "nifti",
+                         confidences=confidences)
 
 
 def _queued_event(job_id: str, position: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ in its ``error`` events, so a client turns them into the same exception classes
                                             body: the volume file itself, streamed; -> {"id", "state", "position"}
     GET    /v1/jobs/{id}?after=N            {"state", "position", "events": [worker events from N on], "next"}
     DELETE /v1/jobs/{id}                    cancel a queued or running job, or remove a finished job's files
-    GET    /v1/jobs/{id}/result?format=seg.nrrd   the segmentation file
+    GET    /v1/jobs/{id}/result?format=seg.nrrd   the segmentation file (or nii.gz, labels.json)
     GET    /v1/jobs/{id}/report             the JSON report (no server paths in it)
     POST   /v1/prognosis                    body {"ehr": {...}, "plot": false} -> the prognosis readout
 
@@ -30,6 +30,7 @@ __all__ = [
     "AuthenticationError",
     "JobNotFoundError",
     "JobStateError",
+    "NIFTI_FORMATS",
     "OPEN_PATHS",
     "PROTOCOL_HEADER",
     "ProtocolMismatchError",
@@ -52,10 +53,16 @@ OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})  # answered without a key: for 
 UPLOAD_FORMATS = {"nrrd": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha"}
 
 # Result formats the download endpoint offers: name -> (file name in the job folder, media type).
-# Another format (NIfTI labels, DICOM SEG) plugs in with an entry here and a line in
-# jobs.JobQueue._run_one that writes that file into the job folder from the .seg.nrrd (and, for DICOM
-# SEG, the input) once the worker is done, before the input is removed.
-RESULT_FORMATS = {"seg.nrrd": ("result.seg.nrrd", "application/octet-stream")}
+# The worker writes the .seg.nrrd; the multi-label NIfTI and its label table are written from it on
+# their first download (jobs.JobQueue.result_file). There is no DICOM SEG here: it must reference
+# the source DICOM series, which the server never receives (clients upload one volume file), so
+# the client writes it (DuPLUSLib.remote.segment_file_remote).
+RESULT_FORMATS = {
+    "seg.nrrd": ("result.seg.nrrd", "application/octet-stream"),
+    "nii.gz": ("result.nii.gz", "application/gzip"),
+    "labels.json": ("result.labels.json", "application/json"),
+}
+NIFTI_FORMATS = ("nii.gz", "labels.json")
 
 # HTTP status of each error class the server answers with (by class name; others: 500).
 ERROR_STATUS = {

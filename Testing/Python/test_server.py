@@ -47,6 +47,7 @@ from DuPLUSLib.server.cli import is_local_host  # noqa: E402
 from engine_fixtures import sphere_volume  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+RIDER = REPOSITORY / "Testing" / "Data" / "rider_lung_crop"  # a real CT series (CC BY 4.0, see its README)
 START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 300
 SAMPLE = sample_volume_path()
@@ -433,6 +434,129 @@ def test_a_nifti_upload_is_segmented_like_the_same_volume_in_nrrd(server, tmp_pa
     assert server.job_folders() == []
 
 
+@pytest.fixture
+def restore_signal_handlers():
+    """``duplus segment`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)
+
+
+def segment_on(server: RunningServer, *arguments: str) -> int:
+    from DuPLUSLib.cli import main
+
+    return main(["segment", *arguments, "--server", server.url, "--api-key-file", str(server.folder / "key.txt"),
+                 "--progress", "none"])
+
+
+@pytest.mark.slow
+def test_nifti_and_dicom_seg_are_written_here_from_the_servers_segmentation(server, tmp_path, restore_signal_handlers):
+    """The real RIDER DICOM series: the server sees only an NRRD of it; the DICOM SEG, which must
+    reference the series' own UIDs, and the NIfTI are written on this side from the downloaded
+    segmentation, and hold exactly its masks, in the input's geometry."""
+    import highdicom
+    import nibabel as nib
+    import pydicom
+
+    from DuPLUSLib.dicom_references import read_dicom_seg
+    from DuPLUSLib.formats import read_label_table
+
+    rider = read_image(RIDER / "ct")
+    prompts = ["-p", "CT/thorax/heart", "-p", "CT/thorax/lung_right"]
+    for name in ("rider.seg.nrrd", "rider.nii.gz", "rider.dcm"):
+        assert segment_on(server, str(RIDER / "ct"), *prompts, "-o", str(tmp_path / name)) == 0, name
+    masks = masks_of(tmp_path / "rider.seg.nrrd")
+    assert masks["lung_right"].any()
+
+    loaded = nib.load(str(tmp_path / "rider.nii.gz"))
+    np.testing.assert_allclose(loaded.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ rider.ijk_to_lps, atol=1e-4)
+    labels = np.asarray(loaded.dataobj).transpose(2, 1, 0)
+    table = read_label_table(tmp_path / "rider.nii.gz")
+    assert {value: entry["structure"] for value, entry in table.items()} == {1: "heart", 2: "lung_right"}
+    assert all(isinstance(entry["confidence"], float) for entry in table.values()), "the server's confidences are lost"
+    np.testing.assert_array_equal(labels == 2, masks["lung_right"])
+    np.testing.assert_array_equal(labels == 1, masks["heart"] & ~masks["lung_right"])
+
+    document = pydicom.dcmread(tmp_path / "rider.dcm")
+    source = pydicom.dcmread(rider.dicom_files[0], stop_before_pixels=True)
+    assert document.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert highdicom.seg.segread(str(tmp_path / "rider.dcm")).get_segment_description(2).TrackingID == "lung_right"
+    back = read_dicom_seg(tmp_path / "rider.dcm", rider)
+    assert [segment.label for segment in back] == ["heart", "right lung"]
+    for segment, key in zip(back, ("heart", "lung_right")):
+        np.testing.assert_array_equal(segment.mask, masks[key], err_msg=key)
+    assert server.job_folders() == []
+
+
+@pytest.mark.slow
+def test_a_batch_runs_case_by_case_on_the_server_and_resumes(server, tmp_path, restore_signal_handlers):
+    """A folder of two volumes with --server: one output and report per case, the summary table,
+    the same masks as one job each; run again, both are found done and nothing is sent."""
+    from DuPLUSLib.batch import read_summary
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for number, radius in ((1, 16.0), (2, 24.0)):
+        image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0), radius_mm=radius)
+        write_image(image, cases / f"case{number}.nrrd")
+    outdir = tmp_path / "out"
+    assert segment_on(server, str(cases), "-p", "CT/abdomen/liver", "-o", str(outdir)) == 0
+    rows = read_summary(outdir / "summary.csv")
+    assert [(row["case_id"], row["status"], row["structure"]) for row in rows] == [
+        ("case1", "done", "liver"), ("case2", "done", "liver")]
+    for case in ("case1", "case2"):
+        single = run_job(server.client(), cases / f"{case}.nrrd", ["CT/abdomen/liver"], tmp_path / f"{case}.seg.nrrd")
+        np.testing.assert_array_equal(masks_of(outdir / f"{case}.seg.nrrd")["liver"], masks_of(Path(single["output"]))["liver"])
+        assert json.loads((outdir / f"{case}.json").read_text(encoding="utf-8"))["segments"][0]["structure"] == "liver"
+    accepted = server.client().info()["queue"]["accepted"]
+    assert segment_on(server, str(cases), "-p", "CT/abdomen/liver", "-o", str(outdir)) == 0
+    assert server.client().info()["queue"]["accepted"] == accepted, "finished cases were sent again"
+    assert server.job_folders() == []
+
+
+def test_the_server_offers_the_result_as_nifti_and_explains_why_not_as_dicom_seg(server, small_volume, tmp_path):
+    """For clients that are not DuPLUS (curl, a PACS bridge): the label map and its table, written
+    on the server from the job's .seg.nrrd on first request, agree with it voxel for voxel."""
+    import nibabel as nib
+
+    from DuPLUSLib.server.protocol import UnsupportedFormatError
+
+    client = server.client()
+    job = client.submit(small_volume, ["CT/abdomen/liver", "CT/abdomen/spleen"])
+    wait_for(lambda: client.status(job["id"])["state"] == "done")
+    try:
+        masks = masks_of(client.download_result(job["id"], tmp_path / "result.seg.nrrd"))
+        labels_path = client.download_result(job["id"], tmp_path / "result.nii.gz", "nii.gz")
+        table = json.loads(client.download_result(job["id"], tmp_path / "result.labels.json", "labels.json").read_bytes())
+        with pytest.raises(UnsupportedFormatError, match="only the client holds"):
+            client.download_result(job["id"], tmp_path / "result.dcm", "dcm")
+    finally:
+        client.cancel(job["id"])
+    labels = np.asarray(nib.load(str(labels_path)).dataobj).transpose(2, 1, 0)
+    assert {value: entry["structure"] for value, entry in table["labels"].items()} == {"1": "liver", "2": "spleen"}
+    np.testing.assert_array_equal(labels == 2, masks["spleen"])
+    np.testing.assert_array_equal(labels == 1, masks["liver"] & ~masks["spleen"])
+    assert not (tmp_path / "result.dcm").exists() and server.job_folders() == []
+
+
+def test_a_batch_with_a_wrong_key_stops_before_any_upload(server, tmp_path, restore_signal_handlers):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0))
+    write_image(image, cases / "case1.nrrd")
+    write_image(image, cases / "case2.nrrd")
+    (tmp_path / "wrong.txt").write_text("w" * 40, encoding="utf-8")
+    accepted = server.client().info()["queue"]["accepted"]
+    from DuPLUSLib.cli import main
+
+    code = main(["segment", str(cases), "-p", "CT/abdomen/liver", "-o", str(tmp_path / "out"), "--server", server.url,
+                 "--api-key-file", str(tmp_path / "wrong.txt"), "--progress", "none"])
+    assert code == 2
+    assert server.client().info()["queue"]["accepted"] == accepted
+    assert not list((tmp_path / "out").glob("*.seg.nrrd"))
+
+
 def test_a_job_that_fails_on_the_server_reports_its_error_and_leaves_no_files(server, tmp_path):
     """A volume whose header is fine but which the engine refuses (every voxel the same)."""
     image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0))
@@ -513,6 +637,64 @@ def test_prognosis_predictions_come_through_the_same_server(server):
     assert answer["reference"]["curves"] and answer["plot_png"]
     with pytest.raises(EHRValidationError, match="stage"):
         client.predict_prognosis({"age": 63, "stage": "VII"})
+
+
+def test_prognosis_predict_on_the_server_from_the_command_line_needs_no_torch(server, tmp_path, capsys):
+    """``duplus prognosis predict --server`` in a subprocess where torch cannot be imported: the same
+    readout as a local prediction, the report and the Kaplan-Meier PNG written here."""
+    from DuPLUSLib.prognosis.bundle import load_prognosis_bundle
+    from DuPLUSLib.prognosis.pipeline import predict_patient
+
+    patient = {"age": 63, "stage": "III"}
+    (tmp_path / "patient.json").write_text(json.dumps(patient), encoding="utf-8")
+    runner = tmp_path / "no_torch_cli.py"
+    runner.write_text(NO_TORCH_CLI, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(runner), "prognosis", "predict", "--ehr", str(tmp_path / "patient.json"),
+         "--report", str(tmp_path / "report.json"), "--plot", str(tmp_path / "km.png"), "--progress", "json",
+         "--server", server.url, "--api-key-file", str(server.folder / "key.txt")],
+        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=worker_environment(threads=1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert json.loads(lines[-1])["blocked_tries"], "the import blocker was never asked: the test proves nothing"
+    assert json.loads(lines[-1])["loaded"] == []
+    remote = json.loads(lines[-2])["readout"]
+    local = predict_patient(load_prognosis_bundle(None), dict(patient))
+    assert remote["risk_group"] == local.risk_group and remote["risk_score"] == pytest.approx(local.risk_score, abs=1e-9)
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert report["readout"]["risk_score"] == remote["risk_score"] and report["reference"]["curves"]
+    assert (tmp_path / "km.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from DuPLUSLib.cli import main
+
+    assert main(["prognosis", "predict", "--ehr", str(tmp_path / "patient.json"), "--image", "ct.nrrd",
+                 "--segmentation", "gtv.seg.nrrd", "--server", server.url]) == 2
+    assert "--image, --segmentation cannot be used with --server" in capsys.readouterr().err
+
+
+NO_TORCH_CLI = r'''
+import importlib.abc, json, sys
+HIDDEN = {"torch", "monai", "transformers", "fastapi", "uvicorn", "starlette"}
+tries = []
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            tries.append(name)
+            raise ImportError(f"{name} is hidden for this test")
+        return None
+
+sys.meta_path.insert(0, Hide())
+try:
+    import torch  # noqa: F401  proves the blocker works
+except ImportError:
+    pass
+from DuPLUSLib.cli import main
+
+code = main(sys.argv[1:])
+print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in HIDDEN), "blocked_tries": tries}))
+sys.exit(code)
+'''
 
 
 # ------------------------------------------------------------------------------------ Slicer without torch
