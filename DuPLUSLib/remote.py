@@ -66,6 +66,7 @@ __all__ = [
     "ServerUnreachableError",
     "client_from_options",
     "describe_server",
+    "predict_prognosis_remote",
     "read_api_key_file",
     "run_job",
     "upload_format",
@@ -402,6 +403,41 @@ def _write_report(report: dict, input_path, output, path) -> None:
         stream.write((json.dumps(report, indent=2) + "\n").encode("utf-8"))
 
 
+def check_remote_prognosis_request(request: dict[str, Any]) -> None:
+    """Refuse what a server cannot do for a prognosis request, before anything is sent."""
+    if request.get("image") or request.get("segmentation"):
+        from .prognosis.ehr import EHRValidationError
+
+        raise EHRValidationError(
+            "a DuPLUS server predicts from the health record only; for a model with image features, run the "
+            "prediction on this computer (Where to run: this computer)")
+    if request.get("model"):
+        from .errors import ModelBundleError
+
+        raise ModelBundleError("a prognosis model folder cannot be chosen for a remote run: the server uses the "
+                               "model it was started with (duplus serve --prognosis-model); leave it empty")
+
+
+def predict_prognosis_remote(client: ServerClient, request: dict[str, Any],
+                             progress: ProgressCallback | None = None) -> dict:
+    """A worker prognosis request (``ehr``, ``report``) answered by the server's prognosis model.
+
+    Writes the report the local worker would write and returns the worker's ``done`` event. The
+    server takes the health record only: a request with an image refuses with what to do instead.
+    """
+    progress = progress or (lambda stage, fraction, message: None)
+    check_remote_prognosis_request(request)
+    started = time.monotonic()
+    progress("predicting", 0.0, f"asking the server at {client.url}")
+    answer = client.predict_prognosis(request["ehr"], plot=False)
+    progress("writing", 0.0, "writing the report")
+    report = {key: value for key, value in answer.items() if key != "plot_png"} | {"server": client.url}
+    with _atomic_file(Path(request["report"])) as stream:
+        stream.write((json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    return {"event": "done", "id": request.get("id"), "report": request["report"], "plot": None,
+            "readout": answer["readout"], "seconds": round(time.monotonic() - started, 3)}
+
+
 # ------------------------------------------------------------------------------------ the runner
 @dataclass
 class _Run:
@@ -453,7 +489,9 @@ class RemoteRunner:
             from .segment_process import WorkerError
 
             raise WorkerError(f"a segmentation is already {self.state.value}; wait for it or cancel it")
-        if request.get("model"):
+        if request.get("kind") == "prognosis":
+            check_remote_prognosis_request(request)
+        elif request.get("model"):
             from .errors import ModelBundleError
 
             raise ModelBundleError(
@@ -521,10 +559,13 @@ class RemoteRunner:
                 _forget_job(self.client, job_id, quietly=True)
 
         try:
-            done = run_job(self.client, request["input"], request["prompts"], request["output"],
-                           report=request.get("report"), modality=request.get("modality"), progress=progress,
-                           cancel=run.cancelled.is_set, poll_interval_s=self.poll_interval_s,
-                           lost_after_s=self.lost_after_s, on_submitted=submitted)
+            if request.get("kind") == "prognosis":
+                done = predict_prognosis_remote(self.client, request, progress)
+            else:
+                done = run_job(self.client, request["input"], request["prompts"], request["output"],
+                               report=request.get("report"), modality=request.get("modality"), progress=progress,
+                               cancel=run.cancelled.is_set, poll_interval_s=self.poll_interval_s,
+                               lost_after_s=self.lost_after_s, on_submitted=submitted)
         except CancelledError as error:
             if not run.cancelled.is_set():  # cancelled on the server by someone else
                 self._events.put((run, "error", error))

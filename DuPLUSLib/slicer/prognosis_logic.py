@@ -69,7 +69,8 @@ class PrognosisLogic(ScriptedLoadableModuleLogic):
         if runner is None:
             runner = BackgroundRunner(python=python, env=_startup_environment(), warm=True, threads=threads,
                                       job_name="prediction")
-        self.runner = runner
+        self.localRunner = runner
+        self.runner = runner  # the runner of the current or last prediction: the local one, or a RemoteRunner
         self.installer = installer or DependencyInstaller(PROGNOSIS_REQUIREMENTS, requester="DuPLUS Prognosis")
         self._folder: str | None = None
         self._sceneWatch: tuple[Any, int] | None = None
@@ -199,10 +200,13 @@ class PrognosisLogic(ScriptedLoadableModuleLogic):
                      onProgress: Callable[[str, float, str], None] | None = None,
                      onFinished: Callable[[dict], None] | None = None,
                      onError: Callable[[BaseException], None] | None = None,
-                     onCancelled: Callable[[], None] | None = None) -> str:
+                     onCancelled: Callable[[], None] | None = None,
+                     server: str | None = None, apiKey: str | None = None) -> str:
         """Validate, write the inputs, start the background prediction; then :meth:`poll` until it
         returns False (or :meth:`wait`). The outcome is in ``lastReport`` / ``lastError`` and the
-        callbacks. Form errors raise here, before any process starts."""
+        callbacks. Form errors raise here, before any process starts. With ``server`` (and
+        ``apiKey``) the server's prognosis model predicts (health record only), with the same
+        callbacks, errors and report."""
         if self.isBusy:
             raise WorkerError("a prediction is already running; wait for it or cancel it")
         if modelFolder and not Path(modelFolder).is_dir():
@@ -210,6 +214,10 @@ class PrognosisLogic(ScriptedLoadableModuleLogic):
 
             raise ModelBundleError(f"prognosis model folder '{modelFolder}' does not exist")
         clean = self.validateForm(ehr, modelFolder)  # errors reach the user before any process starts
+        if server:
+            from ..remote import check_remote_prognosis_request
+
+            check_remote_prognosis_request({"image": volumeNode is not None, "model": modelFolder})
         self._cleanUp()
         folder = Path(tempfile.mkdtemp(prefix="DuPLUSPrognosis-"))
         self._folder = str(folder)
@@ -227,12 +235,20 @@ class PrognosisLogic(ScriptedLoadableModuleLogic):
                 on_error=lambda error: self._failed(error, onError),
                 on_cancelled=lambda: self._cancelled(onCancelled),
             )
+            self.runner = self._runnerFor(server, apiKey)
             requestId = self.runner.submit(request, callbacks)
         except BaseException:
             self._cleanUp()
             raise
         self._watchScene(volumeNode.GetScene() if volumeNode is not None else _current_scene())
         return requestId
+
+    def _runnerFor(self, server: str | None, apiKey: str | None) -> JobRunner:
+        if not server:
+            return self.localRunner
+        from ..remote import RemoteRunner, ServerClient
+
+        return RemoteRunner(ServerClient(server, api_key=apiKey))
 
     @property
     def isBusy(self) -> bool:
@@ -260,6 +276,8 @@ class PrognosisLogic(ScriptedLoadableModuleLogic):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        if self.runner is not self.localRunner:
+            self.localRunner.shutdown()
         self._unwatchScene()
         self._cleanUp()
 

@@ -639,6 +639,36 @@ def test_prognosis_predictions_come_through_the_same_server(server):
         client.predict_prognosis({"age": 63, "stage": "VII"})
 
 
+def test_the_prognosis_logic_predicts_on_the_server_and_shows_the_same_readout(server, mrml_scene, tmp_path):
+    """Console use of the Prognosis module's Logic with ``server=``: the same callbacks and report
+    as a local prediction, shown as the same table; an image-feature request is refused at once."""
+    pytest.importorskip("slicer")
+    import DuPLUSPrognosis
+
+    from DuPLUSLib import mrml
+    from DuPLUSLib.imageio import VolumeImage
+    from DuPLUSLib.prognosis.ehr import EHRValidationError
+
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    stages: list[str] = []
+    try:
+        logic.predictAsync({"age": 70, "stage": "IV", "site": "larynx"}, server=server.url, apiKey=server.key,
+                           onProgress=lambda stage, fraction, message: stages.append(stage))
+        remote = logic.wait(timeout_s=RUN_TIMEOUT_S)
+        local = logic.predict({"age": 70, "stage": "IV", "site": "larynx"})
+        volume = mrml.volume_node_from_image(VolumeImage(np.zeros((8, 8, 8), np.int16), spacing=(1.0, 1.0, 1.0)), "CT", mrml_scene)
+        with pytest.raises(EHRValidationError, match="health record only"):
+            logic.predictAsync({"age": 70}, volume, None, server=server.url, apiKey=server.key)
+        assert not logic.isBusy
+    finally:
+        logic.shutdown()
+    assert "predicting" in stages and remote["server"] == server.url
+    assert remote["readout"]["risk_score"] == pytest.approx(local["readout"]["risk_score"], abs=1e-9)
+    assert remote["readout"]["survival"] == local["readout"]["survival"]
+    table, _ = logic.showReadout(remote, mrml_scene)
+    assert table.GetNumberOfRows() == logic.showReadout(local, mrml_scene)[0].GetNumberOfRows() > 0
+
+
 def test_prognosis_predict_on_the_server_from_the_command_line_needs_no_torch(server, tmp_path, capsys):
     """``duplus prognosis predict --server`` in a subprocess where torch cannot be imported: the same
     readout as a local prediction, the report and the Kaplan-Meier PNG written here."""
