@@ -76,6 +76,8 @@ class DuPLUSPrognosisParameterNode:
     ecog: Annotated[str, Choice(FORM_CHOICES["ecog"])] = NOT_RECORDED
     treatment: Annotated[str, Choice(FORM_CHOICES["treatment"])] = NOT_RECORDED
     modelFolder: str = ""
+    remoteServer: bool = False  # "Where to run", wired by hand; the server's API key is never kept here
+    serverUrl: str = ""
 
 
 FORM_FIELDS = ("age", *FORM_CHOICES, "pack_years")
@@ -105,6 +107,10 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.cancelButton.connect("clicked(bool)", self.logic.cancel)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelFolderChanged)
+        self.ui.whereToRunComboBox.connect("currentIndexChanged(int)", lambda index: self._parameterNode and setattr(
+            self._parameterNode, "remoteServer", index == 1))
+        self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.ui.connectionStatusLabel.setText(
+            self.logic.describeServer(self._parameterNode.serverUrl, self.ui.apiKeyLineEdit.text)))
         self.extraForm = ExtraCovariatesForm(self.logic, self.layout, uiWidget)
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(150)
@@ -156,6 +162,9 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
         if self._parameterNode is not None and self.ui.modelPathLineEdit.currentPath != self._parameterNode.modelFolder:
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelFolder
+        if self._parameterNode is not None:  # 0: this computer, 1: a remote server
+            self.ui.whereToRunComboBox.currentIndex = int(self._parameterNode.remoteServer)
+            self.ui.remoteServerWidget.visible = self._parameterNode.remoteServer
 
     def onModelFolderChanged(self, path: str) -> None:
         if self._parameterNode is not None:
@@ -171,13 +180,15 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ actions
     def onPredictButton(self) -> None:
         node = self._parameterNode
-        if node is None or not install_with_error_display(self.logic.installer):
-            return
+        if node is None or (not node.remoteServer and not install_with_error_display(self.logic.installer)):
+            return  # a remote prediction needs no torch here
         try:
             with slicer.util.tryWithErrorDisplay(_("DuPLUS Prognosis could not start the prediction.")):
                 self.logic.predictAsync(self.formValues(), node.inputVolume, node.tumourSegmentation,
                                         node.modelFolder or None, onProgress=self.onProgress, onFinished=self.onFinished,
-                                        onError=self.onError, onCancelled=self.onCancelled)
+                                        onError=self.onError, onCancelled=self.onCancelled,
+                                        server=node.serverUrl if node.remoteServer else None,
+                                        apiKey=self.ui.apiKeyLineEdit.text)
         except DuPLUSError as error:  # a form or tumour error, already shown
             self.ui.statusLabel.text = str(error)
             return

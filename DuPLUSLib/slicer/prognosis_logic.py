@@ -33,6 +33,7 @@ from ..scripted_module import tr as _
 from ..segment_process import BackgroundRunner, RunCallbacks, WorkerError
 from .install import PROGNOSIS_REQUIREMENTS, DependencyInstaller
 from .segment_logic import JobRunner, _startup_environment
+from .server_connection import ServerConnection
 
 __all__ = ["PrognosisLogic", "ExtraCovariatesForm", "READOUT_ATTRIBUTE", "EXTRA_PARAMETER", "GROUP_COLOURS"]
 
@@ -49,7 +50,7 @@ GROUP_COLOURS = {"low": (0.18, 0.49, 0.20), "low-intermediate": (0.49, 0.70, 0.2
                  "high": (0.78, 0.16, 0.16), "all": (0.27, 0.35, 0.39)}
 
 
-class PrognosisLogic(ScriptedLoadableModuleLogic):
+class PrognosisLogic(ServerConnection, ScriptedLoadableModuleLogic):
     """Form -> validated EHR; nodes -> files; background prediction; report -> MRML table and plot.
 
     Console use::

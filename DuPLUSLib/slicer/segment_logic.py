@@ -33,11 +33,12 @@ from ..errors import CancelledError, DuPLUSError, InputImageError, ModelBundleEr
 from ..imageio import VolumeImage, write_image
 from ..ontology import Prompt, load_ontology
 from ..progress import Stage
-from ..remote import RemoteRunner, ServerClient, describe_server
+from ..remote import RemoteRunner, ServerClient
 from ..scripted_module import IN_SLICER_APPLICATION, ScriptedLoadableModuleLogic, qt
 from ..segment_process import BackgroundRunner, RunCallbacks, RunnerState, WorkerError
 from .dicom import dicom_tags
 from .install import SEGMENT_REQUIREMENTS, TORCH, DependencyInstaller, missing_requirements
+from .server_connection import ServerConnection
 
 __all__ = ["JobRunner", "SegmentLogic", "SegmentRequest", "describe_segments"]
 
@@ -101,7 +102,7 @@ class SegmentRequest:
         }
 
 
-class SegmentLogic(ScriptedLoadableModuleLogic):
+class SegmentLogic(ServerConnection, ScriptedLoadableModuleLogic):
     """Volume node in, segmentation node out, the work done by the background worker.
 
     Blocking (console, scripts, tests)::
@@ -327,19 +328,6 @@ class SegmentLogic(ScriptedLoadableModuleLogic):
         if self.runner is not self.localRunner:
             self.localRunner.shutdown()
         self._unwatchScene()
-
-    def testConnection(self, server: str, apiKey: str | None = None) -> str:
-        """One line about the server (version, model, device, queue); raises what is wrong:
-        ``ServerError`` for an address that does not answer as a DuPLUS server, ``AuthenticationError``
-        for the key, ``ProtocolMismatchError`` naming both versions."""
-        return describe_server(ServerClient(server, api_key=apiKey, timeout_s=10.0).check())
-
-    def describeServer(self, server: str, apiKey: str | None = None) -> str:
-        """What "Test connection" shows: :meth:`testConnection`'s line, or what is wrong."""
-        try:
-            return self.testConnection(server, apiKey)
-        except DuPLUSError as error:
-            return f"Failed: {error}"
 
     # ------------------------------------------------------------------ helpers for the GUI
     def checkInputVolume(self, volumeNode) -> str | None:
