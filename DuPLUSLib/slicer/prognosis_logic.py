@@ -33,6 +33,7 @@ from ..scripted_module import tr as _
 from ..segment_process import BackgroundRunner, RunCallbacks, WorkerError
 from .install import PROGNOSIS_REQUIREMENTS, DependencyInstaller
 from .segment_logic import JobRunner, _startup_environment
+from .scene_watch import CancelOnSceneClose
 from .server_connection import ServerConnection
 
 __all__ = ["PrognosisLogic", "ExtraCovariatesForm", "READOUT_ATTRIBUTE", "EXTRA_PARAMETER", "GROUP_COLOURS"]
@@ -50,7 +51,7 @@ GROUP_COLOURS = {"low": (0.18, 0.49, 0.20), "low-intermediate": (0.49, 0.70, 0.2
                  "high": (0.78, 0.16, 0.16), "all": (0.27, 0.35, 0.39)}
 
 
-class PrognosisLogic(ServerConnection, ScriptedLoadableModuleLogic):
+class PrognosisLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModuleLogic):
     """Form -> validated EHR; nodes -> files; background prediction; report -> MRML table and plot.
 
     Console use::
@@ -316,21 +317,6 @@ class PrognosisLogic(ServerConnection, ScriptedLoadableModuleLogic):
         if self._folder:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
-
-    def _watchScene(self, scene) -> None:
-        self._unwatchScene()
-        if scene is not None:
-            self._sceneWatch = (scene, scene.AddObserver(scene.StartCloseEvent, self._onSceneStartClose))
-
-    def _unwatchScene(self) -> None:
-        if self._sceneWatch is not None:
-            scene, tag = self._sceneWatch
-            self._sceneWatch = None
-            scene.RemoveObserver(tag)
-
-    def _onSceneStartClose(self, caller=None, event=None) -> None:
-        if self.isBusy:
-            self.cancel()
 
     # ------------------------------------------------------------------ readout
     @staticmethod

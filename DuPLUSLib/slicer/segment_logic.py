@@ -38,6 +38,7 @@ from ..scripted_module import IN_SLICER_APPLICATION, ScriptedLoadableModuleLogic
 from ..segment_process import BackgroundRunner, RunCallbacks, RunnerState, WorkerError
 from .dicom import dicom_tags
 from .install import SEGMENT_REQUIREMENTS, TORCH, DependencyInstaller, missing_requirements
+from .scene_watch import CancelOnSceneClose
 from .server_connection import ServerConnection
 
 __all__ = ["JobRunner", "SegmentLogic", "SegmentRequest", "describe_segments"]
@@ -102,7 +103,7 @@ class SegmentRequest:
         }
 
 
-class SegmentLogic(ServerConnection, ScriptedLoadableModuleLogic):
+class SegmentLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModuleLogic):
     """Volume node in, segmentation node out, the work done by the background worker.
 
     Blocking (console, scripts, tests)::
@@ -400,23 +401,6 @@ class SegmentLogic(ServerConnection, ScriptedLoadableModuleLogic):
         shutil.rmtree(folder, ignore_errors=True)
         if self._workFolder == folder:
             self._workFolder = None
-
-    def _watchScene(self, scene) -> None:
-        """Cancel the run if the input's scene closes under it (File > Close Scene)."""
-        self._unwatchScene()
-        if scene is not None:
-            tag = scene.AddObserver(scene.StartCloseEvent, self._onSceneStartClose)
-            self._sceneWatch = (scene, tag)
-
-    def _unwatchScene(self) -> None:
-        if self._sceneWatch is not None:
-            scene, tag = self._sceneWatch
-            self._sceneWatch = None
-            scene.RemoveObserver(tag)
-
-    def _onSceneStartClose(self, caller=None, event=None) -> None:
-        if self.isBusy:
-            self.cancel()
 
     def _startPollTimer(self) -> None:
         if self._timer is None:

@@ -669,6 +669,31 @@ def test_the_prognosis_logic_predicts_on_the_server_and_shows_the_same_readout(s
     assert table.GetNumberOfRows() == logic.showReadout(local, mrml_scene)[0].GetNumberOfRows() > 0
 
 
+# The start of a script run in a subprocess where these packages cannot be imported; ``tries``
+# lists what asked for them, to prove the blocker was in the way.
+HIDE_IMPORTS = r'''
+import importlib.abc, json, sys
+HIDDEN = {"torch", "monai", "transformers", "fastapi", "uvicorn", "starlette"}
+tries = []
+
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            tries.append(name)
+            raise ImportError(f"{name} is hidden for this test")
+        return None
+
+sys.meta_path.insert(0, Hide())
+for name in list(sys.modules):
+    if name.split(".")[0] in HIDDEN:
+        del sys.modules[name]
+try:
+    import torch  # noqa: F401  proves the blocker works
+except ImportError:
+    pass
+'''
+
+
 def test_prognosis_predict_on_the_server_from_the_command_line_needs_no_torch(server, tmp_path, capsys):
     """``duplus prognosis predict --server`` in a subprocess where torch cannot be imported: the same
     readout as a local prediction, the report and the Kaplan-Meier PNG written here."""
@@ -702,23 +727,7 @@ def test_prognosis_predict_on_the_server_from_the_command_line_needs_no_torch(se
     assert "--image, --segmentation cannot be used with --server" in capsys.readouterr().err
 
 
-NO_TORCH_CLI = r'''
-import importlib.abc, json, sys
-HIDDEN = {"torch", "monai", "transformers", "fastapi", "uvicorn", "starlette"}
-tries = []
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HIDDEN:
-            tries.append(name)
-            raise ImportError(f"{name} is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, Hide())
-try:
-    import torch  # noqa: F401  proves the blocker works
-except ImportError:
-    pass
+NO_TORCH_CLI = HIDE_IMPORTS + r'''
 from DuPLUSLib.cli import main
 
 code = main(sys.argv[1:])
@@ -743,28 +752,9 @@ def test_the_remote_client_path_runs_in_slicer_without_torch(server, tmp_path):
     assert answer["loaded"] == [] and answer["segments"] == ["liver"]
 
 
-NO_TORCH_SCRIPT = r'''
-import importlib.abc, json, sys, types
-HIDDEN = {"torch", "monai", "transformers", "fastapi", "uvicorn", "starlette"}
-tries = []
-
-class Hide(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in HIDDEN:
-            tries.append(name)
-            raise ImportError(f"{name} is hidden for this test")
-        return None
-
-sys.meta_path.insert(0, Hide())
-for name in list(sys.modules):
-    if name.split(".")[0] in HIDDEN:
-        del sys.modules[name]
+NO_TORCH_SCRIPT = HIDE_IMPORTS + r'''
 url, key, module_folder = sys.argv[1:4]
 sys.path.insert(0, module_folder)
-try:
-    import torch  # noqa: F401  proves the blocker works
-except ImportError:
-    pass
 
 import numpy as np
 import slicer
