@@ -619,11 +619,12 @@ def test_remote_only_options_are_refused_with_the_reason(small_volume, tmp_path)
          "-o", str(tmp_path / "out.seg.nrrd"), "--server", "http://127.0.0.1:9", "--model", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
     assert result.returncode == 2 and "--model cannot be used with --server" in result.stderr
-    result = subprocess.run(
+    result = subprocess.run(  # checked here, before the (unreachable) server is asked anything
         [sys.executable, "-m", "DuPLUSLib.cli", "segment", str(small_volume), "-p", "CT/abdomen/liver",
-         "-o", str(tmp_path / "out.nii.gz"), "--server", "http://127.0.0.1:9"],
+         "-o", str(tmp_path / "out.dcm"), "--server", "http://127.0.0.1:9"],
         capture_output=True, text=True, timeout=120, env=worker_environment(threads=1))
-    assert result.returncode == 2 and "--server writes a .seg.nrrd" in result.stderr
+    assert result.returncode == 2 and "--format dicom-seg needs a DICOM series" in result.stderr
+    assert "cannot reach" not in result.stderr and not (tmp_path / "out.dcm").exists()
 
 
 # ------------------------------------------------------------------------------------ prognosis
