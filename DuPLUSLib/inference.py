@@ -32,6 +32,7 @@ from .imageio import (
     write_segmentation,
 )
 from .ontology import Prompt, load_ontology
+from .sliding_window import sliding_window, window_count
 from .preprocessing import (
     check_image_values,
     normalise_intensity,
@@ -198,13 +199,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------------------ internals
     def _count_windows(self, shape: Sequence[int]) -> int:
-        from monai.data.utils import dense_patch_slices
-
-        roi = self.settings.patch_size
-        padded = [max(s, r) for s, r in zip(shape, roi)]
-        scan = [int(r * (1 - self.overlap)) or 1 for r in roi]
-        slices = len(dense_patch_slices(padded, roi, scan))
-        return (slices + self.window_batch - 1) // self.window_batch
+        windows = window_count(shape, self.settings.patch_size, self.overlap)
+        return (windows + self.window_batch - 1) // self.window_batch
 
     @torch.inference_mode()
     def _sliding_window(
@@ -218,8 +214,6 @@ class Segmenter:
         done: list[int],
         total: int,
     ) -> list[np.ndarray]:
-        from monai.inferers import sliding_window_inference
-
         embeddings = self.bundle.embeddings
         context = embeddings.get([self.ontology.context_text(modality, region)])[0].to(self.device)
         targets = embeddings.get([self.ontology.target_text(p) for p in prompts]).to(self.device)
@@ -236,18 +230,10 @@ class Segmenter:
             return torch.sigmoid(logits.float())
 
         tensor = torch.from_numpy(array)[None, None].to(self.device)
-        output = sliding_window_inference(
-            tensor,
-            roi_size=self.settings.patch_size,
-            sw_batch_size=self.window_batch,
-            predictor=predict,
-            overlap=self.overlap,
-            mode="gaussian",
-            # Windows that reach past the scan see what lies outside a body (air in CT, no signal
-            # in MRI, PET and ultrasound), as the training patches do, not repeated edge slices.
-            padding_mode="constant",
-            cval=float(array.min()),
-        )
+        # Windows that reach past the scan see what lies outside a body (air in CT, no signal in
+        # MRI, PET and ultrasound), as the training patches do, not repeated edge slices.
+        output = sliding_window(tensor, self.settings.patch_size, self.window_batch, predict, self.overlap,
+                                pad_value=float(array.min()))
         return [channel.cpu().numpy() for channel in output[0]]
 
     def _check_memory(self, image: VolumeImage, model_image: VolumeImage, n_prompts: int) -> None:
