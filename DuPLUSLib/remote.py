@@ -459,8 +459,10 @@ class RemoteRunner:
     server (its files are removed there).
     """
 
-    def __init__(self, client: ServerClient, poll_interval_s: float = 0.25, lost_after_s: float = 15.0):
+    def __init__(self, client: ServerClient, poll_interval_s: float = 0.25, lost_after_s: float = 15.0,
+                 job_name: str = "segmentation"):
         self.client = client
+        self.job_name = job_name  # names the work in messages, as BackgroundRunner's does
         self.poll_interval_s = poll_interval_s
         self.lost_after_s = lost_after_s
         self.state = RunnerState.IDLE
@@ -488,7 +490,7 @@ class RemoteRunner:
         if self.busy:
             from .segment_process import WorkerError
 
-            raise WorkerError(f"a segmentation is already {self.state.value}; wait for it or cancel it")
+            raise WorkerError(f"a {self.job_name} is already {self.state.value}; wait for it or cancel it")
         if request.get("kind") == "prognosis":
             check_remote_prognosis_request(request)
         elif request.get("model"):
@@ -543,7 +545,7 @@ class RemoteRunner:
 
     def wait(self, timeout_s: float | None = None, interval_s: float = 0.05,
              between_polls: Callable[[], None] | None = None) -> None:
-        wait_for_run(self, "segmentation", timeout_s, interval_s, between_polls)
+        wait_for_run(self, self.job_name, timeout_s, interval_s, between_polls)
 
     def shutdown(self) -> None:
         self.cancel()
@@ -709,13 +711,9 @@ def segment_file_remote(
                        progress=progress, cancel=cancel, reported_input=source, reported_output=output)
         if progress:
             progress("writing", 0.0, f"writing {Path(output).name} ({format})")
-        if format == "dicom-seg" and image is None:
-            from .imageio import read_image
-
-            image = read_image(source, series_uid)
         confidences = {entry.get("structure"): entry.get("confidence") for entry in done.get("segments") or []}
         written = convert_segmentation(downloaded, parsed, output, format, split=split, overwrite=overwrite,
-                                       confidences=confidences, reference=image)
+                                       confidences=confidences, reference=image)  # DICOM input: image was read above
     output_name = str(written[0].parent) if format == "nifti" and split else str(Path(output))
     return {**done, "output": output_name, "format": format, "split": bool(split and format == "nifti"),
             "files": [str(path) for path in written]}

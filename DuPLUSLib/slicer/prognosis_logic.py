@@ -250,7 +250,7 @@ class PrognosisLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModul
             return self.localRunner
         from ..remote import RemoteRunner, ServerClient
 
-        return RemoteRunner(ServerClient(server, api_key=apiKey))
+        return RemoteRunner(ServerClient(server, api_key=apiKey), job_name="prediction")
 
     @property
     def isBusy(self) -> bool:

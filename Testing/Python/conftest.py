@@ -76,3 +76,16 @@ def mrml_scene():
                 delattr(slicer, name)
             elif value is not None:
                 setattr(slicer, name, value)
+
+
+@pytest.fixture
+def keep_signal_handlers():
+    """``duplus segment`` run in-process installs SIGINT/SIGTERM handlers; give pytest its own back."""
+    import signal
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

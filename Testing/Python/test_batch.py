@@ -29,14 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["-p", "CT/abdomen/liver", "-p", "CT/abdomen/spleen"]
 
 
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")  # duplus segment runs in-process here
 
 
 @pytest.fixture(scope="module")

@@ -41,15 +41,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    """``duplus segment`` installs SIGINT/SIGTERM handlers; give pytest its own back afterwards."""
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")  # duplus segment runs in-process here
 
 
 @pytest.fixture(scope="module")

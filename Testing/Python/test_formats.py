@@ -28,14 +28,7 @@ RIDER = Path(__file__).resolve().parents[1] / "Data" / "rider_lung_crop"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def keep_signal_handlers():
-    import signal
-
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
+pytestmark = pytest.mark.usefixtures("keep_signal_handlers")  # duplus segment runs in-process here
 
 
 @pytest.fixture(scope="module")

@@ -434,15 +434,6 @@ def test_a_nifti_upload_is_segmented_like_the_same_volume_in_nrrd(server, tmp_pa
     assert server.job_folders() == []
 
 
-@pytest.fixture
-def restore_signal_handlers():
-    """``duplus segment`` run in-process installs SIGINT/SIGTERM handlers; put pytest's back."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 def segment_on(server: RunningServer, *arguments: str) -> int:
     from DuPLUSLib.cli import main
 
@@ -451,7 +442,7 @@ def segment_on(server: RunningServer, *arguments: str) -> int:
 
 
 @pytest.mark.slow
-def test_nifti_and_dicom_seg_are_written_here_from_the_servers_segmentation(server, tmp_path, restore_signal_handlers):
+def test_nifti_and_dicom_seg_are_written_here_from_the_servers_segmentation(server, tmp_path, keep_signal_handlers):
     """The real RIDER DICOM series: the server sees only an NRRD of it; the DICOM SEG, which must
     reference the series' own UIDs, and the NIfTI are written on this side from the downloaded
     segmentation, and hold exactly its masks, in the input's geometry."""
@@ -490,7 +481,7 @@ def test_nifti_and_dicom_seg_are_written_here_from_the_servers_segmentation(serv
 
 
 @pytest.mark.slow
-def test_a_batch_runs_case_by_case_on_the_server_and_resumes(server, tmp_path, restore_signal_handlers):
+def test_a_batch_runs_case_by_case_on_the_server_and_resumes(server, tmp_path, keep_signal_handlers):
     """A folder of two volumes with --server: one output and report per case, the summary table,
     the same masks as one job each; run again, both are found done and nothing is sent."""
     from DuPLUSLib.batch import read_summary
@@ -540,7 +531,7 @@ def test_the_server_offers_the_result_as_nifti_and_explains_why_not_as_dicom_seg
     assert not (tmp_path / "result.dcm").exists() and server.job_folders() == []
 
 
-def test_a_batch_with_a_wrong_key_stops_before_any_upload(server, tmp_path, restore_signal_handlers):
+def test_a_batch_with_a_wrong_key_stops_before_any_upload(server, tmp_path, keep_signal_handlers):
     cases = tmp_path / "cases"
     cases.mkdir()
     image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0))
