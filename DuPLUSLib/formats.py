@@ -247,8 +247,7 @@ def write_nifti(
         for segment in segments:
             target = folder / structure_file_name(segment.structure.key)
             with atomic_output(target, overwrite) as temporary:
-                image = to_sitk(reference.with_array(segment.mask.view(np.uint8) if segment.mask.dtype == bool
-                                                     else segment.mask.astype(np.uint8)))
+                image = to_sitk(reference.with_array(segment.mask.view(np.uint8)))
                 sitk.WriteImage(image, str(temporary), useCompression=True, compressionLevel=1)
             written.append(target)
         return written
@@ -257,7 +256,7 @@ def write_nifti(
     labels = np.zeros(reference.array.shape, dtype=np.uint8)
     table = {"format": "duplus-labels/1", "background": 0, "labels": {}}
     for value, (segment, prompt) in enumerate(zip(segments, prompts), start=1):
-        labels[segment.mask.astype(bool, copy=False)] = value  # later structures win where they overlap
+        _paint(labels, segment, value)  # later structures win where they overlap
         table["labels"][str(value)] = _label_entry(segment, prompt)
     table_path = label_table_path(path)
     check_output_path(table_path, overwrite)
@@ -334,17 +333,24 @@ def _segment_pixels(segments: Sequence[SegmentMask], shape: tuple[int, ...]) -> 
     for number, segment in enumerate(segments, start=1):
         if overlap:
             break
-        mask = segment.mask.astype(bool, copy=False)
-        overlap = bool(labels[mask].any())
-        labels[mask] = number
+        overlap = _paint(labels, segment, number)
     # highdicom reads a label map's segments as 1..max: an empty last segment would go undescribed
     if not overlap and labels.max() == len(segments):
         return labels
     del labels
     pixels = np.zeros((*shape, len(segments)), dtype=np.uint8)
     for index, segment in enumerate(segments):
-        pixels[..., index] = segment.mask
+        _paint(pixels[..., index], segment, 1)
     return pixels
+
+
+def _paint(labels: np.ndarray, segment: SegmentMask, value: int) -> bool:
+    """Set ``value`` on the segment's voxels, inside its box only; whether any was already labelled."""
+    region = labels[segment.box] if segment.box is not None else labels
+    inside = segment.values if segment.values.dtype == bool else segment.values.astype(bool)
+    overlap = bool(region[inside].any())
+    region[inside] = value
+    return overlap
 
 
 def _segmentation(hd, sources, pixels, descriptions, series_description):

@@ -177,15 +177,15 @@ class Segmenter:
                 raise CancelledError("segmentation cancelled")
             progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
             on_model_grid = model_image.with_array(probabilities_model.pop(prompt.key))
+            structure = self.ontology.structures[prompt.structure]
             if keep_probabilities:
                 prob = resample_onto(on_model_grid, image, "linear", 0.0)
                 mask = prob >= self.settings.threshold
-                confidence = float(prob[mask].mean()) if mask.any() else None
                 kept[prompt.key] = prob
-                box = None
-            else:  # only where the mask can be: most of the post-processing time on a big CT
-                mask, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold, with_box=True)
-            segments.append(SegmentMask(self.ontology.structures[prompt.structure], mask, confidence, box))
+                segments.append(SegmentMask(structure, mask, float(prob[mask].mean()) if mask.any() else None))
+            else:  # only where the mask can be, and kept there: most of the post-processing on a big CT
+                values, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold)
+                segments.append(SegmentMask(structure, values, confidence, box, image.array.shape))
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(

@@ -23,6 +23,8 @@ __all__ = [
     "normalise_intensity",
     "resample_to_spacing",
     "resample_onto",
+    "resample_linear",
+    "resample_mask_above",
 ]
 
 
@@ -166,10 +168,13 @@ def resample_onto(
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float,
-                        with_box: bool = False, block: int = 16):
-    """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true,
-    with the mean resampled value inside the mask (None for an empty mask).
+def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float, block: int = 16
+                        ) -> tuple[np.ndarray, float | None, tuple[slice, slice, slice]]:
+    """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true.
+
+    Returns the mask inside its tight box, the mean resampled value inside the mask (None for an
+    empty mask), and the box (``[k, j, i]`` slices of the target; empty slices for an empty mask):
+    a structure then costs memory and time in proportion to where it is, not to the whole target.
 
     Linear interpolation is a convex combination of the 2x2x2 source voxels around a point, so a
     target voxel can reach ``threshold`` only if one of those source voxels does. The source is cut
@@ -179,26 +184,74 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     lies in such a footprint and is computed from the same 2x2x2 voxels as a full resampling would,
     so the mask is identical to the full one; a structure costs the voxels near it, not its bounding
     box (a scattered false positive far from an organ no longer makes the box span the CT). When the
-    blocks fill more than a quarter of the voxels' box, one call over that box is cheaper. With
-    ``with_box`` the region of the target that holds the mask (``[k, j, i]`` slices, or None)
-    comes third.
+    blocks fill more than a quarter of the voxels' box, one call over that box is cheaper.
     """
-    out = np.zeros(target.array.shape, dtype=bool)
+    from .imageio import mask_box
+
+    empty = (np.zeros((0, 0, 0), dtype=bool), None, (slice(0, 0),) * 3)
     above = source.array >= threshold
     if not above.any():
-        return (out, None, None) if with_box else (out, None)
+        return empty
+    footprints = _footprints(above, source, target, block)
+    if not footprints:
+        return empty
+    region_low = np.min([f.start for f in footprints], axis=0)
+    region_high = np.max([f.stop for f in footprints], axis=0)
+    out = np.zeros(tuple((region_high - region_low)[::-1]), dtype=bool)
+    target_to_source = np.linalg.inv(source.ijk_to_lps) @ target.ijk_to_lps
+    total, count = 0.0, 0
+    for footprint in footprints:
+        crop = tuple(slice(a, b) for a, b in zip(footprint.crop_low[::-1], footprint.crop_high[::-1]))
+        crop_origin = source.ijk_to_lps @ np.array([*footprint.crop_low, 1.0])
+        piece = VolumeImage(source.array[crop], source.spacing, tuple(crop_origin[:3]), source.direction)
+        origin = target.ijk_to_lps @ np.array([*footprint.start, 1.0])
+        shape = tuple((footprint.stop - footprint.start)[::-1])
+        box = VolumeImage(np.zeros(shape, np.uint8), target.spacing, tuple(origin[:3]), target.direction)
+        values = resample_linear(piece, box)
+        inside = values >= threshold
+        if not inside.any():
+            continue
+        if footprint.owned is not None:
+            inside &= _owned(values.shape, footprint.start, target_to_source, *footprint.owned)
+        region = tuple(slice(a, b) for a, b in zip((footprint.start - region_low)[::-1], (footprint.stop - region_low)[::-1]))
+        new = inside & ~out[region]  # a voxel two footprints share has one value: count it once
+        total += float(values[new].sum(dtype=np.float64))
+        count += int(new.sum())
+        out[region] |= inside
+    tight = mask_box(out)
+    if tight is None:
+        return empty
+    box = tuple(slice(low + t.start, low + t.stop) for t, low in zip(tight, region_low[::-1]))
+    values = out[tight]
+    if values.size < out.size // 2:  # let the footprints' larger region go
+        values = values.copy()
+    return values, total / count, box
+
+
+@dataclass(frozen=True)
+class _Footprint:
+    """Target voxels ``[start, stop)`` (i, j, k) that one block's voxels can reach, the source crop
+    ``[crop_low, crop_high)`` (i, j, k) they are computed from, and, when several blocks share the
+    work, the source box ``(low, high)`` whose target voxels this block owns."""
+
+    start: np.ndarray
+    stop: np.ndarray
+    crop_low: np.ndarray
+    crop_high: np.ndarray
+    owned: tuple[np.ndarray, np.ndarray] | None
+
+
+def _footprints(above: np.ndarray, source: VolumeImage, target: VolumeImage, block: int) -> list[_Footprint]:
     size_ijk = np.array(source.shape_ijk)
     target_shape = np.array(target.shape_ijk)
     source_to_target = np.linalg.inv(target.ijk_to_lps) @ source.ijk_to_lps
-    target_to_source = np.linalg.inv(source_to_target)
-    total, count = 0.0, 0
-    low_region, high_region = target_shape.copy(), np.zeros(3, dtype=int)
     blocks = _active_blocks(above, block)
     first_all, last_all = _bounding_box(above)
     whole = len(blocks) * block**3 > 0.25 * np.prod(last_all - first_all + 1)
     if whole:  # the voxels fill their box: one resampling call over it beats many small ones
         block = int(max(above.shape))
         blocks = np.zeros((1, 3), dtype=int)
+    footprints = []
     for block_kji in blocks:
         corner = block_kji * block
         part = above[tuple(slice(c, c + block) for c in corner)]
@@ -213,30 +266,53 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
         stop = np.clip(np.ceil(in_target[:, :3].max(0)).astype(int) + 2, 0, target_shape)
         if np.any(stop <= start):
             continue
-        crop_low = np.maximum(first - 2, 0)  # a voxel beyond the reach: every owned point's neighbours are inside
-        crop_high = np.minimum(last + 3, size_ijk)
         if whole:  # one call: every footprint voxel is computed from the whole source, none needs owning
-            crop_low, crop_high = np.zeros(3, dtype=int), size_ijk
-        crop = tuple(slice(a, b) for a, b in zip(crop_low[::-1], crop_high[::-1]))
-        crop_origin = source.ijk_to_lps @ np.array([*crop_low, 1.0])
-        piece = VolumeImage(source.array[crop], source.spacing, tuple(crop_origin[:3]), source.direction)
-        origin = target.ijk_to_lps @ np.array([*start, 1.0])
-        box = VolumeImage(np.zeros(tuple((stop - start)[::-1]), np.uint8), target.spacing, tuple(origin[:3]), target.direction)
-        values = resample_onto(piece, box, "linear", 0.0)
-        inside = values >= threshold
-        if not inside.any():
-            continue
-        if not whole:
-            inside &= _owned(values.shape, start, target_to_source, low, high)
-        region = tuple(slice(a, b) for a, b in zip(start[::-1], stop[::-1]))
-        new = inside & ~out[region]  # a voxel two footprints share has one value: count it once
-        total += float(values[new].sum(dtype=np.float64))
-        count += int(new.sum())
-        out[region] |= inside
-        low_region, high_region = np.minimum(low_region, start), np.maximum(high_region, stop)
-    confidence = total / count if count else None
-    region = tuple(slice(a, b) for a, b in zip(low_region[::-1], high_region[::-1])) if count else None
-    return (out, confidence, region) if with_box else (out, confidence)
+            footprints.append(_Footprint(start, stop, np.zeros(3, dtype=int), size_ijk, None))
+        else:  # a voxel beyond the reach: every owned point's neighbours are inside
+            footprints.append(_Footprint(start, stop, np.maximum(first - 2, 0), np.minimum(last + 3, size_ijk), (low, high)))
+    return footprints
+
+
+def resample_linear(source: VolumeImage, target: VolumeImage) -> np.ndarray:
+    """``resample_onto(source, target, "linear", 0.0)``, as three one-dimensional passes when each
+    target axis runs along one source axis (any flips, permutations and spacings: the engine's grid
+    and every axis-aligned scan); SimpleITK otherwise.
+
+    Linear interpolation is separable, so the passes give what ITK's interpolator computes, in its
+    order (i, then j, then k), with its rules: a point outside the source's voxels' extent takes the
+    fill, one within half a voxel of the edge takes the edge voxel's value. Each pass costs what it
+    writes, so resampling a coarse probability map onto a fine CT costs about the output's size once.
+    """
+    to_source = np.linalg.inv(source.ijk_to_lps) @ target.ijk_to_lps  # target (i, j, k, 1) -> source
+    linear = to_source[:3, :3]
+    runs_along = np.abs(linear) > 1e-9 * np.abs(linear).max()
+    if not (np.all(runs_along.sum(axis=0) == 1) and np.all(runs_along.sum(axis=1) == 1)):
+        return resample_onto(source, target, "linear", 0.0)
+    target_axis = runs_along.argmax(axis=1)  # source axis (i, j, k) -> the target axis it runs along
+    values = source.array.astype(np.float64)
+    for axis in range(3):  # i, j, k: array axes 2, 1, 0
+        along = target_axis[axis]
+        positions = linear[axis, along] * np.arange(target.shape_ijk[along]) + to_source[axis, 3]
+        values = _interpolate_along(values, 2 - axis, positions)
+    source_axis = np.argsort(target_axis)  # target axis -> source axis
+    order = [2 - source_axis[2 - array_axis] for array_axis in range(3)]
+    return np.ascontiguousarray(values.transpose(order), dtype=np.float32)
+
+
+def _interpolate_along(values: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
+    """``values`` linearly interpolated at continuous ``positions`` along ``axis``, 0 outside."""
+    n = values.shape[axis]
+    inside = (positions >= -0.5) & (positions < n - 0.5)
+    clamped = np.clip(positions, 0, n - 1)
+    low = np.floor(clamped).astype(np.intp)
+    high = np.minimum(low + 1, n - 1)
+    shape = [1, 1, 1]
+    shape[axis] = len(positions)
+    weight = (clamped - low).reshape(shape)
+    first = np.take(values, low, axis=axis)
+    result = first + (np.take(values, high, axis=axis) - first) * weight
+    result *= inside.reshape(shape)
+    return result
 
 
 def _active_blocks(above: np.ndarray, block: int) -> np.ndarray:

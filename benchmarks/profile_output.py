@@ -62,17 +62,16 @@ def main() -> int:
         for _ in range(args.scatter):
             probability[tuple(rng.integers(0, n) for n in probability.shape)] = 0.9
         started = time.perf_counter()
-        mask, confidence, box = resample_mask_above(model.with_array(probability), image, 0.5, with_box=True,
-                                                    block=args.block)
+        values, confidence, box = resample_mask_above(model.with_array(probability), image, 0.5, block=args.block)
         timings["postprocessing"] += time.perf_counter() - started
-        segments.append(SegmentMask(ontology.structures[key], mask, confidence, box))
+        segments.append(SegmentMask(ontology.structures[key], values, confidence, box, image.array.shape))
     folder = Path(tempfile.mkdtemp(prefix="duplus-profile-"))
     started = time.perf_counter()
     written = write_segments(segments, image, folder / ("out" + {"seg.nrrd": ".seg.nrrd", "nifti": ".nii.gz"}[args.format]),
                              args.format)
     timings["writing"] = time.perf_counter() - started
     print(json.dumps({"shape": args.shape, "voxels": int(np.prod(shape)), **{k: round(v, 2) for k, v in timings.items()},
-                      "found_voxels": int(sum(s.mask.sum() for s in segments)),
+                      "found_voxels": sum(s.voxel_count() for s in segments),
                       "output_mb": round(sum(p.stat().st_size for p in written) / 1e6, 2),
                       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}))
     return 0

@@ -342,9 +342,10 @@ def test_bundled_default_model_segments_a_small_ct_volume():
 
 
 # ------------------------------------------------------------------- resampling only where a mask can be
+@pytest.mark.parametrize("oblique", [True, False], ids=["oblique", "axis-aligned"])
 @pytest.mark.parametrize("block", [2, 8, 64])
 @pytest.mark.parametrize("threshold", [0.5, 0.9, 1.5])
-def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(threshold, block):
+def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(threshold, block, oblique):
     from scipy.spatial.transform import Rotation
 
     from DuPLUSLib.imageio import VolumeImage
@@ -355,19 +356,75 @@ def test_resampling_only_near_the_mask_gives_exactly_the_full_resampling(thresho
     probabilities[5:11, 8:15, 3:9] = rng.uniform(0.3, 1.0, (6, 7, 6))  # a small structure near a corner
     probabilities[15, 20, 25] = 0.95  # and one isolated voxel far from it
     source = VolumeImage(probabilities, (2.0, 2.0, 2.0), (-20.0, -30.0, -10.0), np.eye(3))
-    direction = Rotation.from_euler("xyz", [0.3, -0.2, 0.5]).as_matrix() @ np.diag([1, -1, 1])
+    rotation = Rotation.from_euler("xyz", [0.3, -0.2, 0.5]).as_matrix() if oblique else np.eye(3)[[1, 0, 2]]
+    direction = rotation @ np.diag([1, -1, 1])  # axis-aligned: i and j swapped, j flipped (the separable path)
     spacing, shape_ijk = np.array([1.1, 0.9, 1.3]), np.array([45, 50, 30])
     structure_centre = np.array([-8.0, -7.0, 6.0])  # LPS centre of the small structure
     origin = structure_centre - direction @ (spacing * shape_ijk / 2)  # the oblique grid is centred on it
     target = VolumeImage(np.zeros(tuple(shape_ijk[::-1]), np.int16), tuple(spacing), tuple(origin), direction)
 
     full = resample_onto(source, target, "linear", 0.0)
-    mask, confidence, box = resample_mask_above(source, target, threshold, with_box=True, block=block)
+    values, confidence, box = resample_mask_above(source, target, threshold, block=block)
+    mask = np.zeros(full.shape, bool)
+    mask[box] = values
     np.testing.assert_array_equal(mask, full >= threshold)
-    if box is not None:
-        assert mask[box].sum() == mask.sum()
     if threshold < 1.0:
         assert mask.any()  # the case is not vacuous
+        assert values.shape == tuple(s.stop - s.start for s in box) != full.shape  # kept in its box only
         assert confidence == pytest.approx(float(full[full >= threshold].mean()), rel=1e-6)
     else:
-        assert confidence is None
+        assert confidence is None and values.size == 0
+
+
+# ------------------------------------------------------------------- separable resampling, axis-aligned grids
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, 1.0, -1.0]), np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]])],
+                         ids=["identity", "flipped", "permuted"])
+def test_separable_linear_resampling_equals_simpleitk_on_axis_aligned_grids(direction):
+    """The engine's grid back onto a scan in any axis order: three 1D passes give ITK's values,
+    edges included (within half a voxel of the source's edge: the edge value; beyond: 0)."""
+    from DuPLUSLib.imageio import VolumeImage
+    from DuPLUSLib.preprocessing import resample_linear, resample_onto
+
+    rng = np.random.default_rng(5)
+    source = VolumeImage(rng.uniform(0, 1, (9, 11, 13)).astype(np.float32), (4.0, 4.0, 4.0), (-20.0, -24.0, -16.0))
+    spacing = np.array([0.9, 1.3, 2.1])
+    shape_ijk = np.array([70, 40, 23])
+    centre = np.array([6.0, -2.0, 1.0])
+    origin = centre - direction @ (spacing * shape_ijk / 2)  # reaches past the source on every side
+    target = VolumeImage(np.zeros(tuple(shape_ijk[::-1]), np.int16), tuple(spacing), tuple(origin), direction)
+
+    expected = resample_onto(source, target, "linear", 0.0)
+    actual = resample_linear(source, target)
+    assert actual.dtype == np.float32 and actual.shape == expected.shape
+    assert (expected == 0).any() and (expected > 0).mean() > 0.3  # both inside and outside are exercised
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(actual >= 0.5, expected >= 0.5)
+
+
+def test_segment_masks_are_kept_in_their_boxes_and_written_whole(tmp_path):
+    """A segment kept in its box reads back as the whole-grid mask it stands for."""
+    from DuPLUSLib.imageio import SegmentMask, VolumeImage, read_segmentation, write_segmentation
+    from DuPLUSLib.ontology import load_ontology
+
+    ontology = load_ontology()
+    grid = (20, 30, 40)
+    values = np.zeros((5, 6, 7), bool)
+    values[1:4, 2:5, 3:6] = True
+    box = (slice(10, 15), slice(3, 9), slice(30, 37))
+    in_box = SegmentMask(ontology.structures["liver"], values, 0.8, box, grid)
+    whole = in_box.mask
+    assert whole.shape == grid and whole.sum() == values.sum() == in_box.voxel_count()
+    empty = SegmentMask(ontology.structures["spleen"], np.zeros((0, 0, 0), bool), None, (slice(0, 0),) * 3, grid)
+    assert not empty.mask.any() and empty.voxel_count() == 0
+    with pytest.raises(ValueError, match="grid_shape"):
+        SegmentMask(ontology.structures["liver"], values, 0.8, box)
+
+    image = VolumeImage(np.zeros(grid, np.int16), (1.0, 1.0, 2.0))
+    path = write_segmentation([in_box, empty], image, tmp_path / "boxed.seg.nrrd")
+    _, masks = read_segmentation(path, ontology)
+    np.testing.assert_array_equal(masks["liver"], whole)
+    assert not masks["spleen"].any()
+    import slicerio
+
+    extents = {s["tags"]["DuPLUS.Structure"]: s["extent"] for s in slicerio.read_segmentation(str(path), skip_voxels=True)["segments"]}
+    assert extents["liver"] == [33, 35, 5, 7, 11, 13]  # i0 i1 j0 j1 k0 k1 of the tight box, inclusive
