@@ -29,7 +29,6 @@ from .imageio import (
     atomic_output,
     check_output_path,
     read_image,
-    write_segmentation,
 )
 from .ontology import Prompt, load_ontology
 from .sliding_window import sliding_window, window_count

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import CancelledError, DuPLUSError, InputImageError, OutputPathError, ResourceLimitError
-from .segment_process import RunCallbacks, RunnerState, error_from_event, wait_for_run
+from .segment_process import RunCallbacks, RunDelivery, RunnerState, error_from_event
 from .server.protocol import (
     API_PREFIX,
     PROTOCOL_HEADER,
@@ -448,7 +448,7 @@ class _Run:
     job_id: str | None = None
 
 
-class RemoteRunner:
+class RemoteRunner(RunDelivery):
     """The local :class:`~DuPLUSLib.segment_process.BackgroundRunner`'s interface, for a remote server.
 
     ``submit`` takes the same request dict (``input``, ``prompts``, ``output``, ``report``,
@@ -472,25 +472,14 @@ class RemoteRunner:
         self._ids = itertools.count(1)
 
     @property
-    def busy(self) -> bool:
-        return self.state is not RunnerState.IDLE
-
-    @property
     def worker_pid(self) -> None:
         return None  # the worker is on another computer
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self._run.started if self._run else 0.0
 
     def prestart(self) -> None:
         """Nothing to start here: the server's model is already warm."""
 
     def submit(self, request: dict[str, Any], callbacks: RunCallbacks | None = None) -> str:
-        if self.busy:
-            from .segment_process import WorkerError
-
-            raise WorkerError(f"a {self.job_name} is already {self.state.value}; wait for it or cancel it")
+        self._refuse_if_busy()
         if request.get("kind") == "prognosis":
             check_remote_prognosis_request(request)
         elif request.get("model"):
@@ -515,18 +504,9 @@ class RemoteRunner:
             if run is not self._run:
                 continue  # news of a run that was cancelled
             if kind == "progress":
-                if payload[0] not in ("uploading", "queued"):
-                    self.state = RunnerState.RUNNING
-                self._call("on_progress", *payload)
+                self._deliver_progress(*payload, running=payload[0] not in ("uploading", "queued"))
             elif kind == "done":
-                self.state = RunnerState.IMPORTING
-                try:
-                    if run.callbacks.on_done:
-                        run.callbacks.on_done(payload)
-                except Exception as error:  # the import failed: report it like any other failure
-                    self._finish_with_error(error)
-                    return self.busy
-                self._finish()
+                self._deliver_done(payload)
             elif kind == "error":
                 self._finish_with_error(payload)
             if not self.busy:
@@ -542,10 +522,6 @@ class RemoteRunner:
         self._run, self.state = None, RunnerState.IDLE
         if run.callbacks.on_cancelled:
             run.callbacks.on_cancelled()
-
-    def wait(self, timeout_s: float | None = None, interval_s: float = 0.05,
-             between_polls: Callable[[], None] | None = None) -> None:
-        wait_for_run(self, self.job_name, timeout_s, interval_s, between_polls)
 
     def shutdown(self) -> None:
         self.cancel()
@@ -576,22 +552,6 @@ class RemoteRunner:
             self._events.put((run, "error", error))
             return
         self._events.put((run, "done", done))
-
-    def _call(self, name: str, *args) -> None:
-        callback = getattr(self._run.callbacks, name, None) if self._run else None
-        if callback:
-            callback(*args)
-
-    def _finish(self) -> None:
-        self._run, self.state = None, RunnerState.IDLE
-
-    def _finish_with_error(self, error: BaseException) -> None:
-        run = self._run
-        self._finish()
-        if run and run.callbacks.on_error:
-            run.callbacks.on_error(error)
-        elif run:
-            raise error
 
 
 # ------------------------------------------------------------------------------------ helpers

@@ -402,7 +402,76 @@ class _Run:
     last_event: dict | None = None
 
 
-class BackgroundRunner:
+class RunDelivery:
+    """What a runner does with a run's news, local worker or remote server alike: it holds
+    ``state``, the current ``_run`` (with ``callbacks`` and ``started``) and ``job_name``, and
+    turns progress, a finished result and an error into the callbacks and the state machine's moves.
+    """
+
+    state: RunnerState
+    job_name: str
+    _run: Any
+
+    @property
+    def busy(self) -> bool:
+        return self.state is not RunnerState.IDLE
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._run.started if self._run else 0.0
+
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        interval_s: float = 0.05,
+        between_polls: Callable[[], None] | None = None,
+    ) -> None:
+        """Poll until the current run ends (the console API's blocking form).
+
+        ``between_polls`` runs between polls, e.g. ``slicer.app.processEvents`` to keep the GUI
+        painting. On timeout the run is cancelled and :class:`WorkerTimeoutError` raised.
+        """
+        wait_for_run(self, self.job_name, timeout_s, interval_s, between_polls)
+
+    def _refuse_if_busy(self) -> None:
+        if self.busy:
+            raise WorkerError(f"a {self.job_name} is already {self.state.value}; wait for it or cancel it")
+
+    def _deliver_progress(self, stage: str, fraction: float, message: str, running: bool = True) -> None:
+        if running:
+            self.state = RunnerState.RUNNING
+        self._call("on_progress", stage, fraction, message)
+
+    def _deliver_done(self, result: Any) -> None:
+        """Import the result (``on_done``) in the importing state; a failing import is an error."""
+        run = self._run
+        self.state = RunnerState.IMPORTING
+        try:
+            if run.callbacks.on_done:
+                run.callbacks.on_done(result)
+        except Exception as error:  # the import failed: report it like any other failure
+            self._finish_with_error(error)
+            return
+        self._finish()
+
+    def _call(self, name: str, *args) -> None:
+        callback = getattr(self._run.callbacks, name, None) if self._run else None
+        if callback:
+            callback(*args)
+
+    def _finish(self) -> None:
+        self._run, self.state = None, RunnerState.IDLE
+
+    def _finish_with_error(self, error: BaseException) -> None:
+        run = self._run
+        self._finish()
+        if run and run.callbacks.on_error:
+            run.callbacks.on_error(error)
+        elif run:
+            raise error
+
+
+class BackgroundRunner(RunDelivery):
     """Runs requests (any kind the worker serves) on a (warm) worker and turns its events into callbacks.
 
     ``job_name`` names the work in messages ("a prediction is already running").
@@ -428,16 +497,8 @@ class BackgroundRunner:
 
     # ------------------------------------------------------------------ queries
     @property
-    def busy(self) -> bool:
-        return self.state is not RunnerState.IDLE
-
-    @property
     def worker_pid(self) -> int | None:
         return self._worker.pid if self._worker and self._worker.is_alive() else None
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self._run.started if self._run else 0.0
 
     # ------------------------------------------------------------------ commands
     def prestart(self) -> None:
@@ -457,8 +518,7 @@ class BackgroundRunner:
 
     def submit(self, request: dict[str, Any], callbacks: RunCallbacks | None = None) -> str:
         """Send a request (starting a worker if none is warm); returns its id at once."""
-        if self.busy:
-            raise WorkerError(f"a {self.job_name} is already {self.state.value}; wait for it or cancel it")
+        self._refuse_if_busy()
         request = dict(request)
         request.setdefault("id", f"run-{next(self._ids)}")
         self._run = _Run(str(request["id"]), callbacks or RunCallbacks())
@@ -517,19 +577,6 @@ class BackgroundRunner:
         if run and run.callbacks.on_cancelled:
             run.callbacks.on_cancelled()
 
-    def wait(
-        self,
-        timeout_s: float | None = None,
-        interval_s: float = 0.05,
-        between_polls: Callable[[], None] | None = None,
-    ) -> None:
-        """Poll until the current run ends (the console API's blocking form).
-
-        ``between_polls`` runs between polls, e.g. ``slicer.app.processEvents`` to keep the GUI
-        painting. On timeout the run is cancelled and :class:`WorkerTimeoutError` raised.
-        """
-        wait_for_run(self, self.job_name, timeout_s, interval_s, between_polls)
-
     def shutdown(self) -> None:
         """Cancel any run and let the warm worker go (quit, then kill if it lingers)."""
         if self.busy:
@@ -550,37 +597,16 @@ class BackgroundRunner:
             return  # an answer to a request nobody waits for any more
         run.last_event = event
         if kind == "progress":
-            self.state = RunnerState.RUNNING
-            self._call("on_progress", event.get("stage", ""), float(event.get("fraction", 0.0)), event.get("message", ""))
+            self._deliver_progress(event.get("stage", ""), float(event.get("fraction", 0.0)), event.get("message", ""))
         elif kind == "done":
-            self.state = RunnerState.IMPORTING
-            try:
-                if run.callbacks.on_done:
-                    run.callbacks.on_done(event)
-            except Exception as error:  # the import failed: report it like any other failure
-                self._finish_with_error(error)
-                return
-            self._finish()
+            self._deliver_done(event)
         elif kind == "error":
             self._finish_with_error(error_from_event(event))
 
-    def _call(self, name: str, *args) -> None:
-        callback = getattr(self._run.callbacks, name, None) if self._run else None
-        if callback:
-            callback(*args)
-
     def _finish(self) -> None:
-        self._run, self.state = None, RunnerState.IDLE
+        super()._finish()
         if not self.warm or (self._worker is not None and not self._worker.is_alive()):
             self._discard_worker(graceful=True)
-
-    def _finish_with_error(self, error: BaseException) -> None:
-        run = self._run
-        self._finish()
-        if run and run.callbacks.on_error:
-            run.callbacks.on_error(error)
-        elif run:
-            raise error
 
     def _death_error(self) -> WorkerError:
         worker = self._worker
@@ -592,7 +618,7 @@ class BackgroundRunner:
         else:
             how = f"exited with code {code}"
         tail = worker.stderr_tail() if worker else []
-        detail = f"; its last messages:\n  " + "\n  ".join(tail) if tail else ""
+        detail = "; its last messages:\n  " + "\n  ".join(tail) if tail else ""
         self._discard_worker()
         return WorkerError(
             f"the background worker {how} before finishing the {self.job_name}; nothing was imported. "
