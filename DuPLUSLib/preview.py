@@ -45,7 +45,13 @@ def render_preview(
         "coronal": lambda a: a[::-1, centre[1], :],
         "sagittal": lambda a: a[::-1, :, centre[2]],
     }
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
+    found = [s for s, m in masks if m.any()]
+    # the legend gets its own row, as tall as its entries need: 26 structures of a real CT fit, none overlaps a plane
+    columns = max(1, min(4, len(found)))
+    legend_height = 0.25 + 0.24 * -(-len(found) // columns) if found else 0.01
+    figure = plt.figure(figsize=(12, 4.2 + legend_height), facecolor="black")
+    layout = figure.add_gridspec(2, 3, height_ratios=[4.2, legend_height])
+    axes = [figure.add_subplot(layout[0, column]) for column in range(3)]
     for axis, (title, cut) in zip(axes, planes.items()):
         axis.imshow(cut(grey), cmap="gray", vmin=low, vmax=high, interpolation="bilinear")
         for segment, mask in masks:
@@ -57,12 +63,13 @@ def render_preview(
                 axis.contour(plane, levels=[0.5], colors=[segment.structure.color_float], linewidths=0.8)
         axis.set_title(title, color="white")
         axis.axis("off")
-    found = [s for s, m in masks if m.any()]
-    handles = [plt.Rectangle((0, 0), 1, 1, color=s.structure.color_float) for s in found]
-    if handles:
-        figure.legend(handles, [s.structure.name for s in found], loc="lower center",
-                      ncol=min(6, len(handles)), frameon=False, labelcolor="white")
-    figure.tight_layout(rect=(0, 0.08 if handles else 0, 1, 1))
+    legend_axis = figure.add_subplot(layout[1, :])
+    legend_axis.axis("off")
+    if found:
+        handles = [plt.Rectangle((0, 0), 1, 1, color=s.structure.color_float) for s in found]
+        legend_axis.legend(handles, [s.structure.name for s in found], loc="upper center", ncol=columns,
+                           frameon=False, labelcolor="white", fontsize=9)
+    figure.tight_layout()
     with atomic_output(path, overwrite=True) as temporary:
         figure.savefig(temporary, dpi=90, facecolor="black", format="png")
     plt.close(figure)

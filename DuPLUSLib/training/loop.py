@@ -217,6 +217,11 @@ def _warm_start(network: DuPLUSNet, model_dir: str) -> None:
     """Start from another bundle's weights (verified by sha256); its architecture must match."""
     from ..bundle import load_bundle
 
+    if not Path(model_dir).is_dir():
+        raise RunFolderError(
+            f"initial_model '{model_dir}' does not exist; train that model first (the config's comments "
+            "say with which command) or point initial_model at a model folder"
+        )
     source = load_bundle(model_dir)
     if source.network.config.to_dict() != network.config.to_dict():
         raise RunFolderError(f"initial_model '{model_dir}' has another network configuration than this run")

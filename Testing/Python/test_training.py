@@ -264,3 +264,12 @@ def test_initial_model_of_another_architecture_is_refused(trained, toy, tmp_path
     config.initial_model = str(outcome.model_dir)
     with pytest.raises(RunFolderError, match="another network configuration"):
         train(config, tmp_path / "other", device="cpu", progress=False)
+
+
+def test_a_missing_initial_model_is_refused_with_the_fix(toy, tmp_path):
+    """The default recipe warm-starts from preview 3, which a fresh clone must train first."""
+    config = tiny_config(toy, name="missing")
+    config.initial_model = str(tmp_path / "runs" / "preview3" / "model")
+    with pytest.raises(RunFolderError, match="does not exist; train that model first"):
+        train(config, tmp_path / "missing", device="cpu", progress=False)
+    assert not (tmp_path / "missing" / "model").exists()
