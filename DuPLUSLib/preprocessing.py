@@ -168,7 +168,7 @@ def resample_onto(
     return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
-def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float, block: int = 16
+def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: float, block: int = 8
                         ) -> tuple[np.ndarray, float | None, tuple[slice, slice, slice]]:
     """``resample_onto(source, target, "linear", 0) >= threshold``, computed only where it can be true.
 
@@ -184,7 +184,7 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     lies in such a footprint and is computed from the same 2x2x2 voxels as a full resampling would,
     so the mask is identical to the full one; a structure costs the voxels near it, not its bounding
     box (a scattered false positive far from an organ no longer makes the box span the CT). When the
-    blocks fill more than a quarter of the voxels' box, one call over that box is cheaper.
+    blocks fill more than half of the voxels' box, one call over that box is cheaper.
     """
     from .imageio import mask_box
 
@@ -222,10 +222,7 @@ def resample_mask_above(source: VolumeImage, target: VolumeImage, threshold: flo
     if tight is None:
         return empty
     box = tuple(slice(low + t.start, low + t.stop) for t, low in zip(tight, region_low[::-1]))
-    values = out[tight]
-    if values.size < out.size // 2:  # let the footprints' larger region go
-        values = values.copy()
-    return values, total / count, box
+    return out[tight].copy(), total / count, box  # contiguous, and the footprints' larger region goes
 
 
 @dataclass(frozen=True)
@@ -247,7 +244,7 @@ def _footprints(above: np.ndarray, source: VolumeImage, target: VolumeImage, blo
     source_to_target = np.linalg.inv(target.ijk_to_lps) @ source.ijk_to_lps
     blocks = _active_blocks(above, block)
     first_all, last_all = _bounding_box(above)
-    whole = len(blocks) * block**3 > 0.25 * np.prod(last_all - first_all + 1)
+    whole = len(blocks) * block**3 > 0.5 * np.prod(last_all - first_all + 1)
     if whole:  # the voxels fill their box: one resampling call over it beats many small ones
         block = int(max(above.shape))
         blocks = np.zeros((1, 3), dtype=int)
@@ -290,17 +287,22 @@ def resample_linear(source: VolumeImage, target: VolumeImage) -> np.ndarray:
         return resample_onto(source, target, "linear", 0.0)
     target_axis = runs_along.argmax(axis=1)  # source axis (i, j, k) -> the target axis it runs along
     values = source.array.astype(np.float64)
-    for axis in range(3):  # i, j, k: array axes 2, 1, 0
+    for axis in range(3):  # i, j, k: array axes 2, 1, 0; the last pass, the largest, writes float32
         along = target_axis[axis]
         positions = linear[axis, along] * np.arange(target.shape_ijk[along]) + to_source[axis, 3]
-        values = _interpolate_along(values, 2 - axis, positions)
+        values = _interpolate_along(values, 2 - axis, positions, np.float32 if axis == 2 else np.float64)
     source_axis = np.argsort(target_axis)  # target axis -> source axis
     order = [2 - source_axis[2 - array_axis] for array_axis in range(3)]
-    return np.ascontiguousarray(values.transpose(order), dtype=np.float32)
+    return np.ascontiguousarray(values.transpose(order))
 
 
-def _interpolate_along(values: np.ndarray, axis: int, positions: np.ndarray) -> np.ndarray:
-    """``values`` linearly interpolated at continuous ``positions`` along ``axis``, 0 outside."""
+def _interpolate_along(values: np.ndarray, axis: int, positions: np.ndarray, dtype: type,
+                       chunk_voxels: int = 1 << 20) -> np.ndarray:
+    """``values`` linearly interpolated at continuous ``positions`` along ``axis``, 0 outside.
+
+    Computed in float64 (as ITK does) slab by slab across another axis, so the temporaries stay in
+    the cache and only the result, in ``dtype``, has the output's size.
+    """
     n = values.shape[axis]
     inside = (positions >= -0.5) & (positions < n - 0.5)
     clamped = np.clip(positions, 0, n - 1)
@@ -309,9 +311,23 @@ def _interpolate_along(values: np.ndarray, axis: int, positions: np.ndarray) -> 
     shape = [1, 1, 1]
     shape[axis] = len(positions)
     weight = (clamped - low).reshape(shape)
-    first = np.take(values, low, axis=axis)
-    result = first + (np.take(values, high, axis=axis) - first) * weight
-    result *= inside.reshape(shape)
+    inside = inside.reshape(shape).astype(np.float64)
+    out_shape = list(values.shape)
+    out_shape[axis] = len(positions)
+    result = np.empty(out_shape, dtype=dtype)
+    across = 1 if axis == 0 else 0
+    step = max(1, chunk_voxels // max(1, int(np.prod(out_shape)) // out_shape[across]))
+    for start in range(0, out_shape[across], step):
+        slab = [slice(None)] * 3
+        slab[across] = slice(start, start + step)
+        part = values[tuple(slab)]
+        first = np.take(part, low, axis=axis)
+        interpolated = np.take(part, high, axis=axis)
+        interpolated -= first
+        interpolated *= weight
+        interpolated += first
+        interpolated *= inside
+        result[tuple(slab)] = interpolated
     return result
 
 
