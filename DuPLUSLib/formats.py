@@ -347,9 +347,8 @@ def _segment_pixels(segments: Sequence[SegmentMask], shape: tuple[int, ...]) -> 
 def _paint(labels: np.ndarray, segment: SegmentMask, value: int) -> bool:
     """Set ``value`` on the segment's voxels, inside its box only; whether any was already labelled."""
     region = labels[segment.box] if segment.box is not None else labels
-    inside = segment.values if segment.values.dtype == bool else segment.values.astype(bool)
-    overlap = bool(region[inside].any())
-    region[inside] = value
+    overlap = bool(region[segment.values].any())
+    region[segment.values] = value
     return overlap
 
 

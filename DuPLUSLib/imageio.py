@@ -102,6 +102,8 @@ class SegmentMask:
     grid_shape: tuple[int, int, int] | None = None  # [k, j, i] of the whole grid; needed with a box
 
     def __post_init__(self) -> None:
+        if self.values.dtype != bool:  # made bool once here, so no reader has to ask
+            self.values = self.values.astype(bool)
         if self.box is None:
             self.grid_shape = tuple(self.values.shape)  # type: ignore[assignment]
         elif self.grid_shape is None:
@@ -118,7 +120,7 @@ class SegmentMask:
     def mask(self) -> np.ndarray:
         """The mask over the whole grid, bool; a new array of the grid's size when kept in a box."""
         if self.box is None:
-            return self.values if self.values.dtype == bool else self.values.astype(bool)
+            return self.values
         mask = np.zeros(self.grid_shape, dtype=bool)
         mask[self.box] = self.values
         return mask

@@ -199,11 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     add_differences(rows)
     result = {"experiment": "ablation", "config": args.config, "training": values,
               "evaluation": evaluation.describe(), "arms": rows}
-    (output / "ablation.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    table = markdown_table(rows)
-    (output / "ablation.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
+    write_results(output, "ablation", result, markdown_table(rows))
     return 0
+
+
+def write_results(output: Path, name: str, result: dict, table: str) -> None:
+    """``OUT/NAME.json`` and ``OUT/NAME.md``, and the table printed: what every experiment leaves."""
+    (output / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (output / f"{name}.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
 
 
 if __name__ == "__main__":

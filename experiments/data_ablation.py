@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from ablation import paired_difference  # noqa: E402  (the same paired bootstrap as the prompt ablation)
+from ablation import paired_difference, write_results  # noqa: E402  (shared with the prompt ablation)
 
 from DuPLUSLib.bundle import load_bundle  # noqa: E402
 from DuPLUSLib.training.config import TrainingConfig  # noqa: E402
@@ -133,12 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== arm {name}", file=sys.stderr, flush=True)
         rows.append(run_arm(name, document, args))
     add_differences(rows)
-    output = Path(args.output)
-    (output / "data_ablation.json").write_text(json.dumps({"config": args.config, "steps": args.steps, "arms": rows},
-                                                         indent=2) + "\n", encoding="utf-8")
-    table = markdown_table(rows)
-    (output / "data_ablation.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
+    write_results(Path(args.output), "data_ablation", {"config": args.config, "steps": args.steps, "arms": rows},
+                  markdown_table(rows))
     return 0
 
 

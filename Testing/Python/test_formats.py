@@ -18,7 +18,7 @@ from engine_fixtures import one_thread, save_bright_region_bundle, sphere_volume
 from DuPLUSLib.cli import main
 from DuPLUSLib.dicom_references import read_dicom_seg
 from DuPLUSLib.formats import read_label_table, write_segments
-from DuPLUSLib.imageio import SegmentMask, VolumeImage, read_image, read_segmentation, write_image
+from DuPLUSLib.imageio import SegmentMask, VolumeImage, mask_box, read_image, read_segmentation, write_image
 from DuPLUSLib.ontology import load_ontology
 
 highdicom = pytest.importorskip("highdicom")
@@ -125,6 +125,42 @@ def test_segments_that_do_not_overlap_read_back_the_same_as_stacked_ones(rider, 
     assert [s.label for s in back] == [s.structure.name for s in segments]
     for segment, read in zip(segments, back):
         np.testing.assert_array_equal(read.mask, segment.mask)
+
+
+@pytest.mark.parametrize("format, name", [("seg.nrrd", "case.seg.nrrd"), ("nifti", "case.nii.gz"),
+                                          ("nifti-split", "case.nii.gz"), ("dicom-seg", "case.dcm")])
+def test_segments_kept_in_their_boxes_write_the_same_files_as_whole_masks(rider, tmp_path, format, name):
+    """The engine hands writers masks cut to their boxes (an empty one with an empty box); every
+    format must read back exactly what the whole-grid masks give, in the input's geometry."""
+    whole = rider_segments(rider)
+    boxed = []
+    for segment in whole:
+        box = mask_box(segment.mask) or (slice(0, 0),) * 3
+        boxed.append(SegmentMask(segment.structure, segment.mask[box].copy(), segment.confidence, box,
+                                 rider.array.shape))
+    assert boxed[0].values.size < rider.array.size and boxed[2].values.size == 0
+    split = format == "nifti-split"
+    kind = "nifti" if split else format
+    outputs = {}
+    for label, segments in (("whole", whole), ("boxed", boxed)):
+        folder = tmp_path / label
+        folder.mkdir()
+        outputs[label] = write_segments(segments, rider, folder / name, kind, split=split)
+    for written_whole, written_boxed in zip(outputs["whole"], outputs["boxed"]):
+        if kind == "dicom-seg":
+            for a, b in zip(read_dicom_seg(written_whole, rider), read_dicom_seg(written_boxed, rider)):
+                np.testing.assert_array_equal(a.mask, b.mask)
+        elif kind == "seg.nrrd":
+            (geometry_a, masks_a), (geometry_b, masks_b) = (read_segmentation(p, ONTOLOGY) for p in (written_whole, written_boxed))
+            assert geometry_a.same_geometry(geometry_b) and masks_a.keys() == masks_b.keys()
+            for key in masks_a:
+                np.testing.assert_array_equal(masks_a[key], masks_b[key])
+        elif written_whole.name.endswith(".json"):
+            assert read_label_table(written_whole.with_name("case.nii.gz")) == read_label_table(written_boxed.with_name("case.nii.gz"))
+        else:
+            a, b = nib.load(str(written_whole)), nib.load(str(written_boxed))
+            np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+            np.testing.assert_allclose(a.affine, b.affine)
 
 
 def test_a_type_modifier_is_written_inside_the_type_code(rider, tmp_path):
