@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--steps", type=int, help="override training.steps")
     train.add_argument("--export", metavar="MODEL_DIR",
                        help="only write a model bundle from the run's latest checkpoint (EMA weights) and stop")
+    train.add_argument("--prompt-embeddings", metavar="FILE",
+                       help="the text encoder's sentence embeddings computed before (a bundle's "
+                            "prompt_embeddings.safetensors), for a machine without the encoder installed")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(run=_run_train)
 
@@ -30,9 +33,10 @@ def _run_train(args: argparse.Namespace) -> int:
         config.training.steps = args.steps
     run_dir = args.run_dir or f"runs/{config.name}"
     if args.export:
-        print(json.dumps({"model": str(export_checkpoint(config, run_dir, args.export))}))
+        print(json.dumps({"model": str(export_checkpoint(config, run_dir, args.export, args.prompt_embeddings))}))
         return 0
-    outcome = train(config, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress)
+    outcome = train(config, run_dir, resume=args.resume, device=args.device, progress=not args.no_progress,
+                    prompt_table=args.prompt_embeddings)
     if outcome.model_dir is not None:
         print(json.dumps({"model": str(outcome.model_dir), "steps": outcome.steps,
                           "final_loss": round(outcome.final_loss, 4), "seconds": round(outcome.seconds, 1)}))

@@ -107,10 +107,13 @@ class OptimisationSettings:
     log_every: int = 10
     threads: int = 0  # 0: leave torch's default
     data_workers: int = 2  # processes that build the case cache
+    loader_workers: int = 0  # processes that draw batches while the network trains (a GPU needs them)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("training.steps and training.batch_size must be at least 1")
+        if self.loader_workers < 0:
+            raise ConfigError("training.loader_workers must be 0 (draw batches in the training process) or more")
         if not 0 <= self.foreground_fraction <= 1:
             raise ConfigError("training.foreground_fraction must lie in [0, 1]")
 
@@ -148,10 +151,13 @@ class TrainingConfig:
     def fingerprint(self) -> str:
         """Identifies the run: a run folder with another fingerprint belongs to another run.
 
-        The step count is left out, so a finished run can be resumed with more steps.
+        The step count is left out, so a finished run can be resumed with more steps; so are
+        settings added since, at their defaults, so older run folders still resume.
         """
         values = self.to_dict()
         values["training"].pop("steps")
+        if values["training"]["loader_workers"] == 0:
+            values["training"].pop("loader_workers")
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

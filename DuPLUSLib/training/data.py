@@ -25,7 +25,7 @@ from ..ontology import Ontology, Prompt, load_ontology
 from ..preprocessing import IntensityNormalisation, normalise_intensity, resample_mask_to_spacing, resample_to_spacing
 from .config import ConfigError, DatasetSpec
 
-__all__ = ["TrainingCase", "CaseSpec", "case_specs", "build_cases", "PatchSampler", "Batch"]
+__all__ = ["TrainingCase", "CaseSpec", "case_specs", "build_cases", "PatchSampler", "Batch", "batch_stream"]
 
 
 @dataclass
@@ -259,6 +259,13 @@ class PatchSampler:
         self.rng.setstate((3, tuple(state["random"]), None))
         self.np_rng.bit_generator.state = state["numpy"]
 
+    def reseed(self, seed: int) -> None:
+        """Start a fresh random stream: each loader worker draws its own patches."""
+        self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
+        if self.augmentation is not None:
+            self.augmentation.set_random_state(seed)
+
     def __iter__(self) -> Iterator[Batch]:
         while True:
             yield self.batch(1)
@@ -319,6 +326,38 @@ class PatchSampler:
         self.rng.shuffle(present)
         self.rng.shuffle(absent)
         return (present + absent)[: self.max_prompts]
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """Endless batches of one :class:`PatchSampler`, reseeded in each DataLoader worker."""
+
+    def __init__(self, sampler: PatchSampler, batch_size: int, seed: int):
+        super().__init__()
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        self.sampler.reseed(self.seed * 1_000_003 + (info.id if info else 0))
+        while True:
+            yield self.sampler.batch(self.batch_size)
+
+
+def batch_stream(sampler: PatchSampler, batch_size: int, workers: int, seed: int) -> Iterator[Batch]:
+    """The training loop's batches.
+
+    With ``workers == 0`` they are drawn here, between steps: a run is reproducible to the bit and
+    a resume continues the sampler's own stream. A GPU outruns one process's patch drawing and
+    augmentation, so with ``workers > 0`` that many processes draw batches, taken from them in
+    turn (the DataLoader keeps that order, so the stream still depends only on ``seed`` and
+    ``workers``). A resumed run passes a seed that includes its step and draws a fresh stream.
+    """
+    if workers == 0:
+        while True:
+            yield sampler.batch(batch_size)
+    loader = torch.utils.data.DataLoader(
+        _WorkerBatches(sampler, batch_size, seed), batch_size=None, num_workers=workers, prefetch_factor=4,
+    )
+    yield from loader
 
 
 def _window(centre, shape, size):

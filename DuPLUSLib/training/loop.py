@@ -31,7 +31,7 @@ from ..network import DuPLUSNet, NetworkConfig
 from ..ontology import load_ontology
 from ..text import PromptEmbeddings
 from .config import TrainingConfig
-from .data import Batch, PatchSampler, build_cases, case_specs
+from .data import Batch, PatchSampler, batch_stream, build_cases, case_specs
 from .losses import partial_label_loss
 from .prompt_codes import build_prompt_codes
 
@@ -81,8 +81,13 @@ def train(
     device: str = "auto",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    prompt_table: str | os.PathLike[str] | None = None,
 ) -> TrainingOutcome:
-    """Train per ``config`` into ``run_dir``; with ``resume`` continue from its last checkpoint."""
+    """Train per ``config`` into ``run_dir``; with ``resume`` continue from its last checkpoint.
+
+    ``prompt_table``: precomputed sentence embeddings of the config's text encoder (a bundle's
+    ``prompt_embeddings.safetensors``), for a machine that has no text encoder installed.
+    """
     run_dir = Path(run_dir)
     torch_device = select_device(device)
     dist = _init_distributed(torch_device)
@@ -92,7 +97,7 @@ def train(
         torch.set_num_threads(config.training.threads)
     lock = _lock_run_folder(run_dir) if dist.main else None
     try:
-        return _run(config, run_dir, resume, torch_device, dist, progress, on_step)
+        return _run(config, run_dir, resume, torch_device, dist, progress, on_step, prompt_table)
     finally:  # also on an error: a console that keeps the traceback must not keep the folder locked
         if lock is not None:
             lock.close()
@@ -106,12 +111,13 @@ def _run(
     dist: _Distributed,
     progress: bool,
     on_step: Callable[[int, float], None] | None,
+    prompt_table: str | os.PathLike[str] | None,
 ) -> TrainingOutcome:
     _claim_run_folder(run_dir, config, resume, dist)
     torch.manual_seed(config.seed)
     ontology = load_ontology()
     settings = InferenceSettings.from_dict(config.inference)
-    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder)
+    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder, prompt_table)
     network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
     network = DuPLUSNet(network_config).to(torch_device)
     if config.initial_model and not resume:
@@ -157,13 +163,15 @@ def _run(
         from tqdm import tqdm
 
         bar = tqdm(total=opt.steps, initial=start_step, desc="training", unit="step", dynamic_ncols=True)
+    batches = batch_stream(sampler, opt.batch_size, opt.loader_workers,
+                           seed=(config.seed * 7919 + dist.rank) * 100_003 + start_step)
     started = time.perf_counter()
     loss_value = math.nan
     network.train()
     for step in range(start_step, opt.steps):
         for group in optimiser.param_groups:
             group["lr"] = _learning_rate(step, opt.steps, opt.learning_rate, opt.warmup_steps)
-        batch = sampler.batch(opt.batch_size)
+        batch = next(batches)
         loss, parts = training_step(model, batch, codes, torch_device, autocast, opt)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,6 +191,7 @@ def _run(
             bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{1 - parts['dice']:.3f}")
         if dist.main and (done % opt.checkpoint_every == 0 or done == opt.steps):
             _save_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler, done)
+    batches.close()  # stops the loader's workers
     if bar:
         bar.close()
     seconds = time.perf_counter() - started
@@ -194,8 +203,14 @@ def _run(
     return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
 
 
-def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> Path:
-    """A model bundle from the EMA weights of a run's latest checkpoint, while the run goes on."""
+def export_checkpoint(
+    config: TrainingConfig,
+    run_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    prompt_table: str | os.PathLike[str] | None = None,
+) -> Path:
+    """A model bundle from the EMA weights of a run's latest checkpoint, while the run goes on or
+    after it stopped; ``prompt_table`` as for :func:`train`."""
     from safetensors.torch import load_file
 
     run_dir = Path(run_dir)
@@ -204,7 +219,7 @@ def export_checkpoint(config: TrainingConfig, run_dir: str | os.PathLike[str], o
         raise RunFolderError(f"no checkpoint in '{run_dir}' to export")
     _claim_run_folder(run_dir, config, resume=True, dist=_Distributed(), write=False)
     ontology = load_ontology()
-    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder)
+    codes, encoder_entry = build_prompt_codes(ontology, config.prompts.code, config.text_encoder, prompt_table)
     network_config = NetworkConfig.from_dict({**config.network, "text_dim": codes.dim})
     tensors = load_file(str(state_file))
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}

@@ -88,6 +88,96 @@ def test_the_run_folder_records_the_config_and_metrics(trained):
     assert read_metrics(run) == list(range(1, 41))
 
 
+# ------------------------------------------------------------------------------ loader workers
+def test_loader_workers_draw_the_same_stream_for_the_same_seed_and_different_ones_per_worker(toy, tmp_path):
+    from DuPLUSLib.bundle import InferenceSettings
+    from DuPLUSLib.training.data import PatchSampler, batch_stream, build_cases, case_specs
+
+    config = tiny_config(toy, augment=True)
+    settings = InferenceSettings.from_dict(config.inference)
+    cases = build_cases(case_specs(config.datasets, config.seed), tmp_path / "cases", settings.spacing,
+                        settings.normalisation, workers=1)
+
+    def first_images(seed: int) -> list[torch.Tensor]:
+        sampler = PatchSampler(cases, [1.0], (16, 16, 16), seed=1)
+        stream = batch_stream(sampler, 2, workers=2, seed=seed)
+        images = [next(stream).images for _ in range(4)]
+        stream.close()
+        return images
+
+    one, again, other = first_images(5), first_images(5), first_images(6)
+    for a, b in zip(one, again):
+        torch.testing.assert_close(a, b)  # batches come from the workers in turn: reproducible
+    assert not torch.equal(one[0], one[1])  # the two workers draw different patches
+    assert not all(torch.equal(a, b) for a, b in zip(one, other))
+
+
+def test_training_with_loader_workers_lowers_the_loss(toy, tmp_path):
+    losses: list[float] = []
+    config = tiny_config(toy, loader_workers=2)
+    train(config, tmp_path / "run", device="cpu", progress=False, on_step=lambda step, loss: losses.append(loss))
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_loader_workers_at_their_default_leave_the_fingerprint_as_before():
+    """Run folders made before the setting existed must still resume."""
+    import hashlib
+
+    config = tiny_config(Path("data"))
+    values = config.to_dict()
+    for key in ("steps", "loader_workers"):
+        values["training"].pop(key)
+    before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert config.fingerprint() == before
+    assert tiny_config(Path("data"), loader_workers=4).fingerprint() != before
+
+
+def test_negative_loader_workers_are_refused():
+    with pytest.raises(ConfigError, match="loader_workers"):
+        tiny_config(Path("data"), loader_workers=-1)
+
+
+# ----------------------------------------------------------------------- precomputed prompt table
+def test_a_precomputed_prompt_table_gives_the_encoders_own_codes(tmp_path):
+    from DuPLUSLib.ontology import load_ontology
+    from DuPLUSLib.text import PromptEmbeddings
+    from DuPLUSLib.training.prompt_codes import build_prompt_codes
+
+    ontology = load_ontology()
+    computed, entry = build_prompt_codes(ontology, "text")
+    saved = tmp_path / "table.safetensors"
+    computed.save(saved)
+    read, read_entry = build_prompt_codes(ontology, "text", table=saved)
+    assert read.texts == computed.texts and read_entry == entry
+    torch.testing.assert_close(read.get(read.texts), computed.get(computed.texts))
+
+    short = tmp_path / "short.safetensors"
+    PromptEmbeddings(computed.texts[1:], computed.get(computed.texts[1:])).save(short)
+    with pytest.raises(ConfigError, match=r"lack 1 sentence\(s\) of ontology .*leave the option out"):
+        build_prompt_codes(ontology, "text", table=short)
+
+
+def test_a_run_trains_and_exports_from_a_prompt_table_without_the_text_encoder(toy, tmp_path, monkeypatch):
+    """What a GPU machine without the encoder installed does: both steps read the saved table."""
+    from DuPLUSLib.bundle import default_model_dir, load_bundle
+    from DuPLUSLib.text import PromptEmbeddings
+    from DuPLUSLib.training import prompt_codes
+    from DuPLUSLib.training.loop import export_checkpoint
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("the text encoder was loaded although a prompt table was given")
+
+    monkeypatch.setattr(prompt_codes, "TextEncoder", no_encoder)
+    table = default_model_dir() / "prompt_embeddings.safetensors"
+    config = tiny_config(toy, code="text", steps=2, checkpoint_every=1)
+    train(config, tmp_path / "run", device="cpu", progress=False, prompt_table=table)
+    exported = export_checkpoint(config, tmp_path / "run", tmp_path / "exported", prompt_table=table)
+    saved = PromptEmbeddings.load(table)
+    codes = load_bundle(exported).embeddings
+    torch.testing.assert_close(codes.get(codes.texts), saved.get(codes.texts))
+
+
 # --------------------------------------------------------------------------------------- resume
 def test_resume_continues_from_the_same_step(toy, tmp_path):
     run = tmp_path / "run"
