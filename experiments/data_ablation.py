@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Issue 11's ablation: what do label-driven synthesis and the real CT images each buy, on one budget?
 
-Four arms, all from ``configs/default.yaml`` with the same warm start, seed, steps and network;
-only the datasets differ (a 2 x 2 design):
+Four arms, all from ``configs/default-v4.yaml`` (version 4's recipe) with the same warm start, seed,
+steps and network; only the datasets differ (a 2 x 2 design):
 
 * ``full``: the default recipe;
 * ``no_synthesis``: without any ``kind: synth`` entry (real images, phantoms and MNI152 as they are);
@@ -115,7 +115,7 @@ def add_differences(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default-v4.yaml"))
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--steps", type=int, default=400, help="training steps per arm (the shared budget)")
     parser.add_argument("--initial-model", help="the warm start of every arm (default: the config's initial_model)")

@@ -53,10 +53,10 @@ def data_ablation():
 
 
 def test_the_data_ablation_arms_differ_only_in_their_datasets(data_ablation):
-    """A 2 x 2 design over the shipped recipe: with or without synthesis, with or without real images."""
+    """A 2 x 2 design over version 4's recipe: with or without synthesis, with or without real images."""
     import yaml
 
-    document = yaml.safe_load((SCRIPT.parents[1] / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    document = yaml.safe_load((SCRIPT.parents[1] / "configs" / "default-v4.yaml").read_text(encoding="utf-8"))
     arms = {name: data_ablation.arm_config(document, name, 40, "elsewhere/model") for name in data_ablation.ARMS}
     kinds = {name: [d.kind for d in config.datasets] for name, config in arms.items()}
     assert len(kinds["full"]) == len(document["datasets"])
