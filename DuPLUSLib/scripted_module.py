@@ -13,6 +13,7 @@ import unittest
 import slicer
 
 __all__ = [
+    "BackgroundRunWidget",
     "Choice",
     "IN_SLICER_APPLICATION",
     "ScriptedLoadableModule",
@@ -102,3 +103,59 @@ except ImportError:  # stand-ins that keep what Slicer's validators keep, for th
 
         def __repr__(self) -> str:
             return f"WithinRange({self.minimum}, {self.maximum})"
+
+
+class BackgroundRunWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The life cycle both DuPLUS module widgets share around a run in the background.
+
+    A run outlives the module being shown: ``exit`` only unbinds the GUI from the parameter node,
+    and the poll timer keeps reporting. A closing scene stops the timer before anything else (a
+    tick must not touch the closing scene) and cancels the run; ``cleanup`` (reload, quit) shuts
+    the logic's worker down. A subclass makes ``self.logic`` in ``setup``, then calls
+    :meth:`startWatching`, and implements ``setParameterNode`` and ``onPollTimer``.
+    """
+
+    pollIntervalMs = 100
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = self._parameterNodeGuiTag = None
+
+    def startWatching(self) -> None:
+        """Start the poll timer's wiring and the scene-close observers, then bind the parameter node."""
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(self.pollIntervalMs)
+        self.pollTimer.connect("timeout()", self.onPollTimer)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        if self.logic:  # setup ran
+            self.pollTimer.stop()
+            self.logic.shutdown()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Unbind the GUI but keep the node: a run started here goes on and still reports."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller=None, event=None) -> None:
+        self.pollTimer.stop()  # the logic cancels its run itself; no tick may touch the closing scene
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller=None, event=None) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())

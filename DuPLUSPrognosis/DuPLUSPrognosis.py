@@ -21,9 +21,8 @@ import slicer
 from DuPLUSLib.errors import CancelledError, DuPLUSError
 from DuPLUSLib.progress import overall_percent
 from DuPLUSLib.prognosis.form import FORM_CHOICES, FORM_RANGES, NOT_RECORDED, PACK_YEARS_NOT_RECORDED
-from DuPLUSLib.scripted_module import (Choice, ScriptedLoadableModule, ScriptedLoadableModuleTest,
-                                       ScriptedLoadableModuleWidget, VTKObservationMixin, WithinRange,
-                                       parameterNodeWrapper, qt, translate, vtk)
+from DuPLUSLib.scripted_module import (BackgroundRunWidget, Choice, ScriptedLoadableModule, ScriptedLoadableModuleTest,
+                                       WithinRange, parameterNodeWrapper, translate, vtk)
 from DuPLUSLib.scripted_module import tr as _
 from DuPLUSLib.slicer import self_test
 from DuPLUSLib.slicer.install import install_with_error_display
@@ -90,15 +89,11 @@ class DuPLUSPrognosisLogic(PrognosisLogic):
         return DuPLUSPrognosisParameterNode(super().getParameterNode())
 
 
-class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = self._parameterNodeGuiTag = None
+class DuPLUSPrognosisWidget(BackgroundRunWidget):
+    pollIntervalMs = 150
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+        BackgroundRunWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DuPLUSPrognosis.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -112,41 +107,11 @@ class DuPLUSPrognosisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.testConnectionButton.connect("clicked(bool)", lambda: self.ui.connectionStatusLabel.setText(
             self.logic.describeServer(self._parameterNode.serverUrl, self.ui.apiKeyLineEdit.text)))
         self.extraForm = ExtraCovariatesForm(self.logic, self.layout, uiWidget)
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(150)
-        self.pollTimer.connect("timeout()", self.onPollTimer)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self.removeObservers()
-        if self.logic:  # setup ran
-            self.pollTimer.stop()
-            self.logic.shutdown()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        """Unbind the GUI but keep the node: a run started here goes on and still reports."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self.startWatching()
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.pollTimer.stop()  # the logic cancels its run itself; no tick may touch the closing scene
-        self.logic.cancel()
-        self.setParameterNode(None)
+        BackgroundRunWidget.onSceneStartClose(self, caller, event)
         self.setBusy(False)
-
-    def onSceneEndClose(self, caller=None, event=None) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
 
     def setParameterNode(self, node) -> None:
         if self._parameterNode:

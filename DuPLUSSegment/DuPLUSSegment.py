@@ -19,9 +19,8 @@ import slicer
 from DuPLUSLib import cascade
 from DuPLUSLib.errors import DuPLUSError
 from DuPLUSLib.progress import overall_percent
-from DuPLUSLib.scripted_module import (IN_SLICER_APPLICATION, ScriptedLoadableModule, ScriptedLoadableModuleTest,
-                                       ScriptedLoadableModuleWidget, VTKObservationMixin, parameterNodeWrapper, qt,
-                                       translate, vtk)
+from DuPLUSLib.scripted_module import (IN_SLICER_APPLICATION, BackgroundRunWidget, ScriptedLoadableModule,
+                                       ScriptedLoadableModuleTest, parameterNodeWrapper, qt, translate, vtk)
 from DuPLUSLib.scripted_module import tr as _
 from DuPLUSLib.slicer import self_test
 from DuPLUSLib.slicer.install import install_with_error_display
@@ -97,16 +96,14 @@ class DuPLUSSegmentLogic(SegmentLogic):
         return DuPLUSSegmentParameterNode(super().getParameterNode())
 
 
-class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class DuPLUSSegmentWidget(BackgroundRunWidget):
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = self._parameterNodeGuiTag = self._lastGuessedVolumeId = None
+        BackgroundRunWidget.__init__(self, parent)
+        self._lastGuessedVolumeId = None
         self._updatingStructures = False
 
     def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+        BackgroundRunWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/DuPLUSSegment.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -128,42 +125,15 @@ class DuPLUSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.describeServer(self._parameterNode.serverUrl, self.ui.apiKeyLineEdit.text)))
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.advancedCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdvancedToggled)
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(100)
-        self.pollTimer.connect("timeout()", self.onPollTimer)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self.removeObservers()
-        if self.logic:  # setup ran
-            self.pollTimer.stop()
-            self.logic.shutdown()
+        self.startWatching()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        BackgroundRunWidget.enter(self)
         if self._parameterNode.keepWorkerWarm and not self._parameterNode.remoteServer:
             self.logic.prestartWorker()
 
-    def exit(self) -> None:
-        """Unbind the GUI but keep the node: a run started here goes on and still reports."""
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
-
-    def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.pollTimer.stop()  # the logic cancels its run itself; no tick may touch the closing scene
-        self.logic.cancel()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller=None, event=None) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        BackgroundRunWidget.initializeParameterNode(self)
         if not self._parameterNode.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):

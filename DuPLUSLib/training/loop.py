@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
-import numpy as np
 import torch
 
 from ..bundle import BundleConfig, InferenceSettings, ModelBundle
