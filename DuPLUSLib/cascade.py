@@ -5,7 +5,7 @@ All of its choices and checks live here, in plain Python over the ontology, so t
 without Qt and the widget only copies lists into combo boxes:
 
 * :func:`modality_choices`, :func:`region_choices`, :func:`structure_choices` fill the dropdowns;
-* :func:`compose_prompts` turns what the user ticked and typed into validated prompt keys;
+* :func:`compose` turns what the user ticked and typed into validated, parsed prompts;
 * :func:`guess_modality` / :func:`guess_region` suggest a modality and region from the volume's
   DICOM tags, or failing those from its intensity range (a suggestion only: the user decides);
 * :func:`missing_for_segment` says why the Segment button is disabled, for its tooltip.
@@ -27,7 +27,6 @@ __all__ = [
     "Choice",
     "ModalityGuess",
     "compose",
-    "compose_prompts",
     "guess_modality",
     "guess_region",
     "missing_for_segment",
@@ -120,18 +119,6 @@ def structure_choices(modality: str, region: str, ontology: Ontology | None = No
 def split_free_text(text: str) -> list[str]:
     """Split a free-text prompt on commas, semicolons and line breaks; drop empty parts."""
     return [part.strip() for part in re.split(r"[,;\n]+", text or "") if part.strip()]
-
-
-def compose_prompts(
-    modality: str | None,
-    region: str | None,
-    structures: Iterable[str] = (),
-    free_text: str = "",
-    all_of_region: bool = False,
-    ontology: Ontology | None = None,
-) -> list[str]:
-    """The prompt keys (``CT/abdomen/liver``) for what the user ticked and typed, in order, once each."""
-    return [prompt.key for prompt in compose(modality, region, structures, free_text, all_of_region, ontology)]
 
 
 def compose(
@@ -231,7 +218,7 @@ def missing_for_segment(
     """What stands between the user and a Segment click; empty when the button may be enabled.
 
     ``volume_error`` is the message from checking the selected input (None when it is fine),
-    ``prompt_error`` the message from :func:`compose_prompts` (None when it parsed).
+    ``prompt_error`` the message from :func:`compose` (None when it parsed).
     """
     missing = []
     if busy:

@@ -14,6 +14,10 @@ def keys(choices):
     return [choice.key for choice in choices]
 
 
+def prompt_keys(*args, **kwargs) -> list[str]:
+    return [prompt.key for prompt in cascade.compose(*args, **kwargs)]
+
+
 def test_every_modality_is_offered_in_ontology_order():
     assert keys(cascade.modality_choices()) == ["CT", "MRI", "PET", "US"]
 
@@ -43,17 +47,17 @@ def test_unknown_modality_lists_the_choices():
 
 
 def test_ticked_structures_become_prompt_keys_in_order():
-    prompts = cascade.compose_prompts("CT", "abdomen", ["spleen", "liver"])
+    prompts = prompt_keys("CT", "abdomen", ["spleen", "liver"])
     assert prompts == ["CT/abdomen/spleen", "CT/abdomen/liver"]
 
 
 def test_all_of_region_gives_every_structure_of_the_region():
-    prompts = cascade.compose_prompts("MRI", "brain", ["brain"], all_of_region=True)
+    prompts = prompt_keys("MRI", "brain", ["brain"], all_of_region=True)
     assert prompts == [f"MRI/brain/{k}" for k in load_ontology().structures_of("MRI", "brain")]
 
 
 def test_free_text_takes_full_prompts_and_bare_names_in_the_chosen_context():
-    prompts = cascade.compose_prompts("CT", "abdomen", ["liver"], free_text="spleen, Liver; MRI/brain/brain")
+    prompts = prompt_keys("CT", "abdomen", ["liver"], free_text="spleen, Liver; MRI/brain/brain")
     assert prompts == ["CT/abdomen/liver", "CT/abdomen/spleen", "MRI/brain/brain"]
 
 
@@ -67,12 +71,12 @@ def test_free_text_bare_name_found_in_several_regions_uses_the_chosen_region():
     if not shared:
         pytest.skip("no CT structure lies in two regions in this ontology")
     region = next(r for r in ontology.regions_of("CT") if shared[0] in ontology.hierarchy["CT"][r])
-    assert cascade.compose_prompts("CT", region, [], free_text=shared[0]) == [f"CT/{region}/{shared[0]}"]
+    assert prompt_keys("CT", region, [], free_text=shared[0]) == [f"CT/{region}/{shared[0]}"]
 
 
 def test_free_text_typo_is_refused_with_choices():
     with pytest.raises(UnknownPromptError, match="choose one of"):
-        cascade.compose_prompts("CT", "abdomen", [], free_text="unicorn")
+        prompt_keys("CT", "abdomen", [], free_text="unicorn")
 
 
 def test_free_text_split_ignores_empty_parts():
@@ -81,7 +85,7 @@ def test_free_text_split_ignores_empty_parts():
 
 def test_all_of_region_without_a_region_is_refused():
     with pytest.raises(UnknownPromptError, match="needs a modality and a region"):
-        cascade.compose_prompts("CT", None, [], all_of_region=True)
+        prompt_keys("CT", None, [], all_of_region=True)
 
 
 @pytest.mark.parametrize("code, modality", [("CT", "CT"), ("MR", "MRI"), ("PT", "PET"), ("us", "US")])
