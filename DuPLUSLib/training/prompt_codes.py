@@ -27,6 +27,9 @@ def build_prompt_codes(
     ``table``: the text encoder's embeddings computed before (a bundle's ``prompt_embeddings``),
     read instead of running the encoder; it must hold every sentence of this ontology.
     """
+    if table is not None and code != "text":
+        raise ConfigError(f"prompt embeddings are sentence embeddings; this config's prompts.code is '{code}', "
+                          "which uses none: leave the option out")
     if code == "text":
         entry = {"id": text_encoder or DEFAULT_TEXT_ENCODER_ID, "path": text_encoder}
         if table is not None:
@@ -48,7 +51,6 @@ def build_prompt_codes(
                 texts.append(sentence)
                 vectors.append(torch.nn.functional.one_hot(torch.tensor(structures.index(prompt.structure)), dim).float())
     return PromptEmbeddings(texts, torch.stack(vectors)), {"id": ONEHOT_ENCODER_ID, "path": None, "dim": dim}
-
 
 
 def _precomputed(ontology: Ontology, path: str | os.PathLike[str]) -> PromptEmbeddings:

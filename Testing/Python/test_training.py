@@ -156,6 +156,8 @@ def test_a_precomputed_prompt_table_gives_the_encoders_own_codes(tmp_path):
     PromptEmbeddings(computed.texts[1:], computed.get(computed.texts[1:])).save(short)
     with pytest.raises(ConfigError, match=r"lack 1 sentence\(s\) of ontology .*leave the option out"):
         build_prompt_codes(ontology, "text", table=short)
+    with pytest.raises(ConfigError, match="prompts.code is 'onehot'"):
+        build_prompt_codes(ontology, "onehot", table=saved)
 
 
 def test_a_run_trains_and_exports_from_a_prompt_table_without_the_text_encoder(toy, tmp_path, monkeypatch):
