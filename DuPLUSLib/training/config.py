@@ -79,6 +79,24 @@ class DatasetSpec:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 
 
+@dataclass(frozen=True)
+class CaseSpec:
+    """A recipe for one training case, made from a :class:`DatasetSpec` by ``data.case_specs``;
+    small enough to send to a worker process. Here, beside the dataset specs, so the dataset
+    readers (``decathlon``, ``synthetic``) need not import the case builder that calls them."""
+
+    name: str
+    dataset: int
+    kind: str
+    modality: str
+    region: str
+    seed: int
+    path: str | None = None
+    mapping: str | None = None
+    domain_shift: tuple[tuple[str, float], ...] = ()
+    entry: int = 0  # synth: which case of the Decathlon folder gives the label map
+
+
 @dataclass
 class PromptSettings:
     code: str = "text"  # "text" (DuPLUS) or "onehot" (the ablation: a task code instead of language)

@@ -23,7 +23,7 @@ import torch
 from ..imageio import VolumeImage, pack_layers
 from ..ontology import Ontology, Prompt, load_ontology
 from ..preprocessing import IntensityNormalisation, normalise_intensity, resample_mask_to_spacing, resample_to_spacing
-from .config import ConfigError, DatasetSpec
+from .config import CaseSpec, ConfigError, DatasetSpec
 
 __all__ = ["TrainingCase", "CaseSpec", "case_specs", "build_cases", "PatchSampler", "Batch", "batch_stream"]
 
@@ -91,22 +91,6 @@ def make_case(
 
 
 # ------------------------------------------------------------------------------ case recipes
-@dataclass(frozen=True)
-class CaseSpec:
-    """A recipe for one case, small enough to send to a worker process."""
-
-    name: str
-    dataset: int
-    kind: str
-    modality: str
-    region: str
-    seed: int
-    path: str | None = None
-    mapping: str | None = None
-    domain_shift: tuple[tuple[str, float], ...] = ()
-    entry: int = 0  # synth: which case of the Decathlon folder gives the label map
-
-
 def case_specs(datasets: Sequence[DatasetSpec], seed: int, ontology: Ontology | None = None) -> list[CaseSpec]:
     ontology = ontology or load_ontology()
     specs: list[CaseSpec] = []

@@ -43,7 +43,7 @@ from ..errors import DuPLUSError, UnknownPromptError
 from ..imageio import VolumeImage
 from ..ontology import Ontology, load_ontology
 from .config import DatasetSpec
-from .data import CaseSpec
+from .config import CaseSpec
 
 __all__ = [
     "DatasetError",

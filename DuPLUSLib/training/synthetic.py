@@ -16,7 +16,7 @@ from ..imageio import VolumeImage
 from ..ontology import Ontology
 from ..synthesis import SourceLabelMap, label_map_from_mni152, label_map_from_real_ct, synthesise
 from .config import ConfigError, DatasetSpec
-from .data import CaseSpec
+from .config import CaseSpec
 
 __all__ = ["synthetic_case_specs", "load_synthetic_case"]
 
