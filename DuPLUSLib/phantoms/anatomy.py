@@ -17,7 +17,7 @@ import numpy as np
 
 from .shapes import Shape
 
-__all__ = ["Layer", "Anatomy", "build_anatomy", "TUMOUR_PROBABILITY"]
+__all__ = ["Layer", "Anatomy", "TUMOUR_PROBABILITY"]
 
 #: How often a case carries each optional tumour: most cases do, some do not, as in real cohorts.
 TUMOUR_PROBABILITY = 0.7
@@ -56,20 +56,6 @@ class Anatomy:
     @property
     def keys(self) -> set[str]:
         return {layer.key for layer in self.layers if layer.key}
-
-
-def build_anatomy(region: str, rng: np.random.Generator, modality: str) -> Anatomy:
-    """The anatomy of one case of ``region``; ``modality`` only picks region variants it implies
-
-    (cardiac MRI images the heart, not the whole chest; cranial ultrasound is neonatal).
-    """
-    from .regions import BUILDERS
-
-    try:
-        builder = BUILDERS[region]
-    except KeyError:
-        raise ValueError(f"no phantom anatomy for region '{region}'; choose one of: {', '.join(BUILDERS)}") from None
-    return builder(rng, modality)
 
 
 def jitter(rng: np.random.Generator, values, spread: float) -> np.ndarray:

@@ -19,9 +19,10 @@ import numpy as np
 from ..errors import UnknownPromptError
 from ..imageio import VolumeImage
 from ..ontology import Ontology, load_ontology
-from .anatomy import Anatomy, Layer, build_anatomy
+from .anatomy import Anatomy, Layer
 from .geometry import Acquisition, Warp, make_acquisition, random_direction, random_warp
 from .intensity import DomainShift, make_imaging_model
+from .regions import build_anatomy
 from .render import paint
 
 __all__ = ["Phantom", "generate_phantom", "DEFAULT_MAX_VOXELS", "MAX_VOXELS"]

@@ -8,32 +8,29 @@ import numpy as np
 
 from ..anatomy import Anatomy
 from .abdomen import build_abdomen
+from .brain import build_brain
+from .head_neck import build_head_neck
+from .pelvis import build_pelvis
+from .thorax import build_thorax
+
+__all__ = ["BUILDERS", "build_anatomy"]
 
 BUILDERS: dict[str, Callable[[np.random.Generator, str], Anatomy]] = {
     "abdomen": build_abdomen,
+    "brain": build_brain,
+    "thorax": build_thorax,
+    "head_neck": build_head_neck,
+    "pelvis": build_pelvis,
 }
 
-try:  # regions are added one module at a time
-    from .brain import build_brain
 
-    BUILDERS["brain"] = build_brain
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .thorax import build_thorax
+def build_anatomy(region: str, rng: np.random.Generator, modality: str) -> Anatomy:
+    """The anatomy of one case of ``region``; ``modality`` only picks region variants it implies
 
-    BUILDERS["thorax"] = build_thorax
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .head_neck import build_head_neck
-
-    BUILDERS["head_neck"] = build_head_neck
-except ImportError:  # pragma: no cover
-    pass
-try:
-    from .pelvis import build_pelvis
-
-    BUILDERS["pelvis"] = build_pelvis
-except ImportError:  # pragma: no cover
-    pass
+    (cardiac MRI images the heart, not the whole chest; cranial ultrasound is neonatal).
+    """
+    try:
+        builder = BUILDERS[region]
+    except KeyError:
+        raise ValueError(f"no phantom anatomy for region '{region}'; choose one of: {', '.join(BUILDERS)}") from None
+    return builder(rng, modality)
