@@ -18,8 +18,11 @@ example scan) is resampled to ``--shape`` over its own extent and saved as NRRD,
 ``--sizes`` runs the command at more sizes (``--rounds`` times each, the median kept) for the slope of
 time against voxels. ``--sweep resample`` (the default) resamples the whole CT to each size, so the
 extent and the model grid stay the same and only the input's voxels change; ``--sweep stack`` keeps
-the spacing of ``--shape`` and takes the first slices (and a central crop in-plane) of that volume,
-so the extent, the model grid and the voxels grow together, as from a short scan to a long one. Goals
+the spacing of ``--shape`` and makes a scan of each size's slice count from that volume (its first
+slices, or the volume repeated along its slice axis for a longer scan; a central crop in-plane),
+so the extent, the model grid and the voxels grow together, as from a short scan to a long one.
+Window counts grow in steps of a window's span (192 mm at 4 mm), so compare sizes a span or more
+apart. Goals
 (issue 14, on 2 cores at 512 x 512 x 300 with 10 structures): resampling back + writing <= 25 %
 of the wall time; the command <= 1.5 x the DynUNet's inference; peak RSS <= 2 GB; a linear slope.
 Figures go to ``--output`` (JSON) and ``--markdown``, and a table is printed.
@@ -70,15 +73,17 @@ def prepare_ct(source: str | None, shape: tuple[int, int, int], folder: Path) ->
 
 
 def stack_of(full: Path, size: tuple[int, int, int], folder: Path) -> Path:
-    """The first ``k`` slices of the prepared CT, cropped centrally to ``i x j``, at its spacing."""
+    """A scan of ``k`` slices at the prepared CT's spacing, cropped centrally to ``i x j``: its first
+    ``k`` slices, or for a longer scan than the CT, the CT repeated along its slice axis."""
     from DuPLUSLib.imageio import VolumeImage, read_image, write_image
 
     image = read_image(full)
     shape_ijk = np.array(image.shape_ijk)
-    if np.any(np.array(size) > shape_ijk):
-        raise SystemExit(f"--sweep stack: size {size} exceeds --shape {tuple(shape_ijk)}")
+    if np.any(np.array(size[:2]) > shape_ijk[:2]):
+        raise SystemExit(f"--sweep stack: size {size} is wider than --shape {tuple(shape_ijk)}")
     start = np.array([(shape_ijk[0] - size[0]) // 2, (shape_ijk[1] - size[1]) // 2, 0])
-    array = image.array[: size[2], start[1] : start[1] + size[1], start[0] : start[0] + size[0]]
+    slices = np.arange(size[2]) % shape_ijk[2]
+    array = image.array[slices][:, start[1] : start[1] + size[1], start[0] : start[0] + size[0]]
     origin = image.ijk_to_lps @ np.array([*start, 1.0])
     path = folder / f"ct-stack-{'x'.join(map(str, size))}.nrrd"
     write_image(VolumeImage(np.ascontiguousarray(array), image.spacing, tuple(origin[:3]), image.direction), path)
@@ -219,7 +224,8 @@ def markdown(result: dict, machine: dict) -> str:
         lines.append(f"| {name} | {shown} | {'yes' if goal['met'] else 'no'} |")
     if result["sizes"]:
         made = {"resample": "the whole CT resampled to each size: the extent and the model grid stay the same",
-                "stack": "the first slices of the main volume at its spacing: extent, model grid and voxels grow together"}
+                "stack": "scans of more or fewer slices at the main volume's spacing (its first slices, or it repeated "
+                          "along its slice axis): extent, model grid and voxels grow together"}
         lines += ["", f"Sizes (`--sweep {result.get('sweep', 'resample')}`): {made[result.get('sweep', 'resample')]}.", "",
                   "| volume | voxels | seconds | s per megavoxel beyond the smallest |", "|---|---:|---:|---:|"]
         marginal = (result["slope"] or {}).get("marginal_s_per_megavoxel") or [None] * len(result["sizes"])
