@@ -122,6 +122,7 @@ class OptimisationSettings:
     bce_weight: float = 0.5
     augment: bool = True
     checkpoint_every: int = 100
+    export_every: int = 0  # also write model/ (the EMA bundle, 13 MB) at these steps: 0 only at the end
     log_every: int = 10
     threads: int = 0  # 0: leave torch's default
     data_workers: int = 2  # processes that build the case cache
@@ -130,6 +131,8 @@ class OptimisationSettings:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("training.steps and training.batch_size must be at least 1")
+        if self.export_every < 0:
+            raise ConfigError("training.export_every must be 0 (export at the end only) or a step count")
         if self.loader_workers < 0:
             raise ConfigError("training.loader_workers must be 0 (draw batches in the training process) or more")
         if not 0 <= self.foreground_fraction <= 1:
@@ -174,6 +177,7 @@ class TrainingConfig:
         """
         values = self.to_dict()
         values["training"].pop("steps")
+        values["training"].pop("export_every")  # when the bundle is written changes nothing trained
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ The run folder holds everything a run needs to continue or be audited:
       cases/              the training cases on the model grid (.npz)
       checkpoint/         latest weights, EMA weights, optimiser moments, sampler state (safetensors + JSON)
       metrics.csv         step, loss, dice, bce, learning rate, seconds
-      model/              the final bundle (EMA weights)
+      model/              the final bundle (EMA weights); with training.export_every, the latest one
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ def _run(
             bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{1 - parts['dice']:.3f}")
         if dist.main and (done % opt.checkpoint_every == 0 or done == opt.steps):
             _save_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler, done)
+        if dist.main and opt.export_every and done % opt.export_every == 0 and done < opt.steps:
+            _export_latest(run_dir, config, network_config, settings, encoder_entry, codes, ema, done)
     batches.close()  # stops the loader's workers
     if bar:
         bar.close()
@@ -387,6 +389,21 @@ def _save_model(folder, config: TrainingConfig, network_config, settings, encode
     )
     bundle = ModelBundle(None, bundle_config, network, codes, load_ontology())
     return bundle.save(folder)
+
+
+def _export_latest(run_dir: Path, config, network_config, settings, encoder_entry, codes, ema, step: int) -> None:
+    """Replace ``run/model`` with the EMA bundle of ``step``, whole or not at all: a run stopped from
+    outside (a time-limited GPU lease) still leaves a usable bundle, 13 MB against the
+    checkpoint's 100."""
+    import shutil
+
+    partial = run_dir / "model.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    _save_model(partial, config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
+    if (run_dir / "model").exists():
+        shutil.rmtree(run_dir / "model")
+    partial.rename(run_dir / "model")
 
 
 class _MetricsLog:

@@ -126,16 +126,18 @@ def test_loader_workers_at_their_default_leave_the_fingerprint_as_before():
 
     config = tiny_config(Path("data"))
     values = config.to_dict()
-    for key in ("steps", "loader_workers"):
+    for key in ("steps", "loader_workers", "export_every"):
         values["training"].pop(key)
     before = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert config.fingerprint() == before
     assert tiny_config(Path("data"), loader_workers=4).fingerprint() != before
 
 
-def test_negative_loader_workers_are_refused():
+def test_negative_loader_workers_or_export_steps_are_refused():
     with pytest.raises(ConfigError, match="loader_workers"):
         tiny_config(Path("data"), loader_workers=-1)
+    with pytest.raises(ConfigError, match="export_every"):
+        tiny_config(Path("data"), export_every=-5)
 
 
 # ----------------------------------------------------------------------- precomputed prompt table
@@ -225,6 +227,25 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(toy, tmp_path):
     split = load_file(str(tmp_path / "split" / "checkpoint" / "state.safetensors"))
     for key in (k for k in straight if k.startswith("model.")):
         torch.testing.assert_close(split[key], straight[key], msg=key)
+
+
+def test_export_every_leaves_a_loadable_bundle_when_a_run_is_stopped(toy, tmp_path):
+    """A run killed from outside (a GPU lease ending) between checkpoints still has its latest model."""
+    from DuPLUSLib.bundle import load_bundle
+
+    run = tmp_path / "run"
+    config = tiny_config(toy, steps=8, checkpoint_every=8, export_every=3)
+
+    def stop_after_step_7(step: int, loss: float) -> None:
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, device="cpu", progress=False, on_step=stop_after_step_7)
+    assert not (run / "checkpoint").exists() and not (run / "model.partial").exists()
+    bundle = load_bundle(run / "model")  # verifies every file's sha256
+    assert bundle.config.training["steps"] == 6 and bundle.config.training["seconds"] is None
+    assert tiny_config(toy, steps=8, checkpoint_every=8).fingerprint() == config.fingerprint()
 
 
 def test_resume_with_nothing_to_resume_is_refused(toy, tmp_path):
