@@ -167,39 +167,41 @@ def _run(
     started = time.perf_counter()
     loss_value = math.nan
     network.train()
-    for step in range(start_step, opt.steps):
-        for group in optimiser.param_groups:
-            group["lr"] = _learning_rate(step, opt.steps, opt.learning_rate, opt.warmup_steps)
-        batch = next(batches)
-        loss, parts = training_step(model, batch, codes, torch_device, autocast, opt)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-        optimiser.step()
-        _update_ema(ema, network, opt.ema_decay if step > opt.warmup_steps else 0.0)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower the learning rate")
-        done = step + 1
-        if on_step:
-            on_step(done, loss_value)
-        if log and (done % opt.log_every == 0 or done == opt.steps):
-            log.write(done, loss_value, parts, optimiser.param_groups[0]["lr"], time.perf_counter() - started)
-        if bar:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{1 - parts['dice']:.3f}")
-        if dist.main and (done % opt.checkpoint_every == 0 or done == opt.steps):
-            _save_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler, done)
-        if dist.main and opt.export_every and done % opt.export_every == 0 and done < opt.steps:
-            _export_latest(run_dir, config, network_config, settings, encoder_entry, codes, ema, done)
-    batches.close()  # stops the loader's workers
+    try:
+        for step in range(start_step, opt.steps):
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(step, opt.steps, opt.learning_rate, opt.warmup_steps)
+            batch = next(batches)
+            loss, parts = training_step(model, batch, codes, torch_device, autocast, opt)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+            optimiser.step()
+            _update_ema(ema, network, opt.ema_decay if step > opt.warmup_steps else 0.0)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower the learning rate")
+            done = step + 1
+            if on_step:
+                on_step(done, loss_value)
+            if log and (done % opt.log_every == 0 or done == opt.steps):
+                log.write(done, loss_value, parts, optimiser.param_groups[0]["lr"], time.perf_counter() - started)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", dice=f"{1 - parts['dice']:.3f}")
+            if dist.main and (done % opt.checkpoint_every == 0 or done == opt.steps):
+                _save_checkpoint(run_dir / "checkpoint", network, ema, optimiser, sampler, done)
+            if dist.main and opt.export_every and done % opt.export_every == 0 and done < opt.steps:
+                _export_latest(run_dir, config, network_config, settings, encoder_entry, codes, ema, done, math.nan)
+    finally:  # also on Ctrl+C or an error: the loader's worker processes stop with the run
+        batches.close()
     if bar:
         bar.close()
     seconds = time.perf_counter() - started
     model_dir = None
     if dist.main:
-        model_dir = _save_model(run_dir / "model", config, network_config, settings, encoder_entry, codes, ema,
-                                opt.steps, seconds)
+        model_dir = _export_latest(run_dir, config, network_config, settings, encoder_entry, codes, ema,
+                                   opt.steps, seconds)
     dist.barrier()
     return TrainingOutcome(model_dir, opt.steps, loss_value, seconds, network.count_parameters(True))
 
@@ -336,14 +338,30 @@ def _save_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSample
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
-    partial = folder.with_name(folder.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = _partial_of(folder)
     save_file(tensors, str(partial / "state.safetensors"))
     (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state()}), encoding="utf-8")
+    _swap_in(partial, folder)
+
+
+def _partial_of(folder: Path) -> Path:
+    """An empty ``folder.partial`` beside ``folder``, to write into before :func:`_swap_in`."""
+    import shutil
+
+    partial = folder.with_name(folder.name + ".partial")
+    if partial.exists():  # left by a run killed while writing
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def _swap_in(partial: Path, folder: Path) -> None:
+    """Replace ``folder`` with the fully written ``partial``: a run killed at any moment leaves one
+    whole folder (and perhaps a partial one, which the next write clears)."""
+    import shutil
+
     if folder.exists():
-        for child in folder.iterdir():
-            child.unlink()
-        folder.rmdir()
+        shutil.rmtree(folder)
     partial.rename(folder)
 
 
@@ -391,19 +409,15 @@ def _save_model(folder, config: TrainingConfig, network_config, settings, encode
     return bundle.save(folder)
 
 
-def _export_latest(run_dir: Path, config, network_config, settings, encoder_entry, codes, ema, step: int) -> None:
-    """Replace ``run/model`` with the EMA bundle of ``step``, whole or not at all: a run stopped from
-    outside (a time-limited GPU lease) still leaves a usable bundle, 13 MB against the
-    checkpoint's 100."""
-    import shutil
-
-    partial = run_dir / "model.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    _save_model(partial, config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
-    if (run_dir / "model").exists():
-        shutil.rmtree(run_dir / "model")
-    partial.rename(run_dir / "model")
+def _export_latest(run_dir: Path, config, network_config, settings, encoder_entry, codes, ema, step: int,
+                   seconds: float) -> Path:
+    """``run/model`` replaced by the EMA bundle of ``step``, whole or not at all: a run stopped from
+    outside (a time-limited GPU lease) still leaves a usable bundle, 13 MB against the checkpoint's
+    100. ``seconds`` is NaN for a bundle written mid-run."""
+    partial = _partial_of(run_dir / "model")
+    _save_model(partial, config, network_config, settings, encoder_entry, codes, ema, step, seconds)
+    _swap_in(partial, run_dir / "model")
+    return run_dir / "model"
 
 
 class _MetricsLog:

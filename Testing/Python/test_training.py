@@ -120,6 +120,23 @@ def test_training_with_loader_workers_lowers_the_loss(toy, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+def test_a_stopped_run_stops_its_loader_workers(toy, tmp_path):
+    import multiprocessing
+
+    def stop_after_step_3(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    before = set(multiprocessing.active_children())
+    try:
+        train(tiny_config(toy, loader_workers=2), tmp_path / "run", device="cpu", progress=False,
+              on_step=stop_after_step_3)
+    except KeyboardInterrupt:  # checked while the traceback (and the run's frame) is alive, as in a console
+        assert set(multiprocessing.active_children()) <= before  # none left drawing batches
+    else:
+        pytest.fail("the run was not stopped")
+
+
 def test_loader_workers_at_their_default_leave_the_fingerprint_as_before():
     """Run folders made before the setting existed must still resume."""
     import hashlib
