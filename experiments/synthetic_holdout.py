@@ -5,9 +5,11 @@ The reserved real scans are for reporting only, so a model is chosen on data it 
 see the source of but never saw itself: the training CT's label maps deformed, resized, cropped
 and painted with seeds no training case used, as CT and as MRI (``seed >= 90000``). Their limit:
 one patient's anatomy, so they measure robustness to pose, shape, field of view and contrast, not
-to other patients.
+to other patients. ``--contrast-phases`` writes CT sets (``ct_REGION_phases``) whose cases draw a
+native, arterial or portal-venous phase, as training with ``contrast_phases: true`` does.
 
     python experiments/synthetic_holdout.py --data data/ts-example-ct -o runs/synthetic_holdout
+    python experiments/synthetic_holdout.py --data data/ts-example-ct --contrast-phases -o runs/synthetic_holdout
     duplus evaluate --model DIR --data runs/synthetic_holdout/ct_abdomen -o ct.json --markdown ct.md
 """
 
@@ -27,15 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the training CT's Decathlon folder (duplus data get)")
     parser.add_argument("--cases", type=int, default=3, help="cases per modality and region")
+    parser.add_argument("--contrast-phases", action="store_true", help="CT only, in drawn contrast phases")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
     from DuPLUSLib.ontology import load_ontology
     from DuPLUSLib.training.decathlon import write_decathlon_dataset
+    from DuPLUSLib.synthesis import SynthesisSettings, synthesise
     from DuPLUSLib.training.synthetic import _source
 
     ontology = load_ontology()
     data = Path(args.data).resolve()
-    for modality in ("CT", "MRI"):
+    settings = SynthesisSettings(contrast_phases=args.contrast_phases)
+    suffix = "_phases" if args.contrast_phases else ""
+    for modality in ("CT",) if args.contrast_phases else ("CT", "MRI"):
         for mapping in sorted(data.glob("mapping_ct_*.json")):
             region = json.loads(mapping.read_text(encoding="utf-8"))["region"]
             if region not in ontology.regions_of(modality):
@@ -44,14 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             keys = [k for k in source.structures if k in ontology.structures_of(modality, region)]
             triples = []
             for case in range(args.cases):
-                from DuPLUSLib.synthesis import synthesise
-
-                image, masks = synthesise(source, modality, HOLDOUT_SEED + case, keys)
+                image, masks = synthesise(source, modality, HOLDOUT_SEED + case, keys, settings)
                 labels = np.zeros(image.array.shape, np.uint8)
                 for value, key in enumerate(keys, start=1):
                     labels[masks[key]] = value
-                triples.append((f"holdout_{modality.lower()}_{region}_{case}", image, labels))
-            folder = Path(args.output) / f"{modality.lower()}_{region}"
+                triples.append((f"holdout_{modality.lower()}_{region}{suffix}_{case}", image, labels))
+            folder = Path(args.output) / f"{modality.lower()}_{region}{suffix}"
             write_decathlon_dataset(folder, triples, {"modality": modality, "region": region,
                                                       "labels": {str(v): k for v, k in enumerate(keys, start=1)}})
             print(folder)

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from .labelmap import SourceLabelMap
 
-__all__ = ["paint", "MODALITIES"]
+__all__ = ["paint", "MODALITIES", "CT_PHASES"]
 
 MODALITIES = ("CT", "MRI", "PET", "US")
 
@@ -30,10 +30,42 @@ _SUV_KEY = {"liver": 2.4, "spleen": 2.0, "kidney_left": 3.5, "kidney_right": 3.5
             "pancreas": 1.4, "duodenum": 1.6}
 
 
-def paint(source: SourceLabelMap, labels: np.ndarray, spacing_kji: np.ndarray, modality: str, rng: np.random.Generator) -> np.ndarray:
-    """An image of ``labels`` (values of ``source``) in ``modality``, float32 [k, j, i]."""
+# CT contrast phases drawn per case when ``contrast_phases`` is on, and how often. The real label
+# maps synthesis starts from are plain CTs (TotalSegmentator's example: aorta 41 HU, liver 46 HU),
+# so without this the synthesised CT never shows contrast, which most clinical CT carries.
+CT_PHASES = ("native", "arterial", "portal")
+_PHASE_PROBABILITIES = (0.3, 0.3, 0.4)
+# Blood, absolute HU (low, high): arterial blood peaks in a CT angiogram, veins fill later.
+_BLOOD_HU = {"native": ((30.0, 50.0), (30.0, 50.0)), "arterial": ((200.0, 500.0), (60.0, 150.0)),
+             "portal": ((130.0, 200.0), (130.0, 190.0))}  # phase -> (arteries, veins)
+# Enhancement added to a plain CT's parenchyma, HU (low, high), by structure and by family.
+_ENHANCEMENT_HU = {
+    "arterial": {"liver": (15, 35), "spleen": (50, 90), "kidney_left": (110, 170), "kidney_right": (110, 170),
+                 "pancreas": (60, 90), "adrenal_left": (30, 60), "adrenal_right": (30, 60), "soft": (5, 25),
+                 "muscle": (5, 15)},
+    "portal": {"liver": (50, 70), "spleen": (60, 80), "kidney_left": (110, 160), "kidney_right": (110, 160),
+               "pancreas": (40, 60), "adrenal_left": (30, 50), "adrenal_right": (30, 50), "soft": (10, 30),
+               "muscle": (5, 20)},
+}
+# Structures filled with arterial blood; other vessels are veins.
+_ARTERIAL_KEYS = frozenset({"aorta", "iliac_artery_left", "iliac_artery_right", "heart"})
+
+
+def paint(
+    source: SourceLabelMap,
+    labels: np.ndarray,
+    spacing_kji: np.ndarray,
+    modality: str,
+    rng: np.random.Generator,
+    contrast_phases: bool = False,
+) -> np.ndarray:
+    """An image of ``labels`` (values of ``source``) in ``modality``, float32 [k, j, i].
+
+    ``contrast_phases`` (CT only) draws a native, arterial or portal-venous phase per case
+    instead of only nudging the source's own enhancement.
+    """
     if modality == "CT":
-        return _ct(source, labels, spacing_kji, rng)
+        return _ct(source, labels, spacing_kji, rng, contrast_phases)
     if modality == "MRI":
         return _mri(source, labels, spacing_kji, rng)
     if modality == "PET":
@@ -69,19 +101,44 @@ def _bias_field(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
     return np.exp(field).astype(np.float32)
 
 
-def _ct(source: SourceLabelMap, labels, spacing, rng) -> np.ndarray:
+def _ct(source: SourceLabelMap, labels, spacing, rng, contrast_phases: bool) -> np.ndarray:
     """Each label at its real median HU, moved by a per-case contrast shift (enhancing tissues more)."""
-    phase = rng.uniform(-0.4, 0.3)  # contrast timing: a fraction of each label's enhancement above 40 HU
-    means, spreads = {}, {}
-    for value in source.values:
-        median, spread = source.ct_statistics.get(value, (0.0, 20.0))
-        enhancement = max(median - 40.0, 0.0) if source.family[value] in ("vessel", "soft") else 0.0
-        means[value] = median + phase * enhancement + rng.normal(0, 8 if source.family[value] != "air" else 0)
-        spreads[value] = spread * rng.uniform(0.6, 1.2)
+    if contrast_phases:
+        means, spreads = _phase_means(source, rng)
+    else:
+        phase = rng.uniform(-0.4, 0.3)  # contrast timing: a fraction of each label's enhancement above 40 HU
+        means, spreads = {}, {}
+        for value in source.values:
+            median, spread = source.ct_statistics.get(value, (0.0, 20.0))
+            enhancement = max(median - 40.0, 0.0) if source.family[value] in ("vessel", "soft") else 0.0
+            means[value] = median + phase * enhancement + rng.normal(0, 8 if source.family[value] != "air" else 0)
+            spreads[value] = spread * rng.uniform(0.6, 1.2)
     image = _fill(labels, means, spreads, rng)
     image = _acquire(image, spacing, rng, max_thickness_mm=5.0)
     image += rng.normal(0, rng.uniform(5, 25), image.shape).astype(np.float32)
     return np.clip(image, -1024, 3071)
+
+
+def _phase_means(source: SourceLabelMap, rng: np.random.Generator) -> tuple[dict[int, float], dict[int, float]]:
+    """Per-label HU of a plain CT's labels in a drawn contrast phase: blood at the phase's absolute
+    HU (whatever the source shows), enhancing parenchyma raised by its typical enhancement."""
+    phase = str(rng.choice(CT_PHASES, p=_PHASE_PROBABILITIES))
+    artery_hu, vein_hu = (rng.uniform(*bounds) for bounds in _BLOOD_HU[phase])
+    enhancement = _ENHANCEMENT_HU.get(phase, {})
+    means, spreads = {}, {}
+    for value in source.values:
+        median, spread = source.ct_statistics.get(value, (0.0, 20.0))
+        family, key = source.family[value], source.key_of(value) or ""
+        if key in _ARTERIAL_KEYS:
+            mean = artery_hu
+        elif family == "vessel":
+            mean = vein_hu
+        else:
+            bounds = enhancement.get(key) or enhancement.get(family) or (0.0, 0.0)
+            mean = median + rng.uniform(*bounds)
+        means[value] = mean + rng.normal(0, 8 if family != "air" else 0)
+        spreads[value] = spread * rng.uniform(0.6, 1.2)
+    return means, spreads
 
 
 def _mri(source: SourceLabelMap, labels, spacing, rng) -> np.ndarray:

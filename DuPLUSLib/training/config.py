@@ -61,6 +61,7 @@ class DatasetSpec:
     domain_shift: dict[str, float] | None = None  # phantoms only: a "new centre"
     modalities: list[str] | None = None  # synth only: the modalities to synthesise (default: CT, MRI, PET, US)
     source: str | None = None  # synth only: "mni152" instead of a Decathlon folder
+    contrast_phases: bool = False  # synth only: CT cases in a drawn native, arterial or portal-venous phase
 
     def __post_init__(self) -> None:
         if self.kind not in ("phantom", "mni152", "decathlon", "synth"):
@@ -73,8 +74,12 @@ class DatasetSpec:
             if self.source is None and not (self.path and self.mapping):
                 raise ConfigError("a synth dataset needs 'path' and 'mapping' (a Decathlon folder), or 'source: mni152'")
             unknown = set(self.modalities or []) - {"CT", "MRI", "PET", "US"}
+            if self.contrast_phases and "CT" not in (self.modalities or ["CT"]):
+                raise ConfigError("contrast_phases changes only synthesised CT; add CT to 'modalities' or drop it")
             if unknown:
                 raise ConfigError(f"synth modalities must be among CT, MRI, PET, US; not {', '.join(sorted(unknown))}")
+        elif self.contrast_phases:
+            raise ConfigError(f"contrast_phases applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 
@@ -95,6 +100,7 @@ class CaseSpec:
     mapping: str | None = None
     domain_shift: tuple[tuple[str, float], ...] = ()
     entry: int = 0  # synth: which case of the Decathlon folder gives the label map
+    contrast_phases: bool = False  # synth CT: draw the contrast phase
 
 
 @dataclass
@@ -180,6 +186,9 @@ class TrainingConfig:
         values["training"].pop("export_every")  # when the bundle is written changes nothing trained
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
+        for dataset in values["datasets"]:
+            if not dataset["contrast_phases"]:
+                dataset.pop("contrast_phases")
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

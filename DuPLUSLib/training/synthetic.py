@@ -14,7 +14,7 @@ import numpy as np
 
 from ..imageio import VolumeImage
 from ..ontology import Ontology
-from ..synthesis import SourceLabelMap, label_map_from_mni152, label_map_from_real_ct, synthesise
+from ..synthesis import SourceLabelMap, SynthesisSettings, label_map_from_mni152, label_map_from_real_ct, synthesise
 from .config import ConfigError, DatasetSpec
 from .config import CaseSpec
 
@@ -47,7 +47,8 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
             for case in range(dataset.cases):
                 case_seed = seed * 100_003 + dataset.seed_offset + case
                 specs.append(CaseSpec(f"d{index}-synth-{name}-{modality}-{case_seed}", index, "synth", modality,
-                                      region, case_seed, path=path, mapping=mapping_path, entry=entry))
+                                      region, case_seed, path=path, mapping=mapping_path, entry=entry,
+                                      contrast_phases=dataset.contrast_phases and modality == "CT"))
     return specs
 
 
@@ -58,7 +59,7 @@ def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarr
     source = _source(spec.path, spec.mapping, spec.entry)
     wanted = set(load_ontology().structures_of(spec.modality, spec.region))
     structures = [key for key in source.structures if key in wanted]
-    return synthesise(source, spec.modality, spec.seed, structures)
+    return synthesise(source, spec.modality, spec.seed, structures, SynthesisSettings(contrast_phases=spec.contrast_phases))
 
 
 @lru_cache(maxsize=4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from DuPLUSLib.imageio import VolumeImage
-from DuPLUSLib.synthesis import label_map_from_real_ct, synthesise
+from DuPLUSLib.synthesis import SynthesisSettings, label_map_from_real_ct, synthesise
 from DuPLUSLib.synthesis.labelmap import AIR_OUTSIDE, FAT, OTHER_BONE, OTHER_SOFT
 from DuPLUSLib.training.config import ConfigError, TrainingConfig
 from DuPLUSLib.training.data import case_specs
@@ -67,6 +67,51 @@ def test_masks_line_up_with_the_painted_image(source):
         organ = np.median(image.array[liver])
         body = np.median(image.array[~masks["liver"] & (image.array > -500)])
         assert inner > organ + 150 > body + 150
+
+
+@pytest.fixture(scope="module")
+def vessel_source():
+    """The toy CT read with its bright inner structure named the aorta (600 HU in the source)."""
+    image, labels = toy_case(3, shape=(28, 28, 28), spacing=(3.0, 3.0, 3.0))
+    return label_map_from_real_ct("toy", image, labels, {"liver": (1,), "aorta": (2,)}, "abdomen")
+
+
+def _medians(image, masks) -> dict[str, float]:
+    return {key: float(np.median(image.array[mask])) for key, mask in masks.items() if mask.sum() >= 5}
+
+
+def test_contrast_phases_paint_blood_as_a_plain_ct_or_an_angiogram_shows_it(vessel_source):
+    """With contrast phases the aorta is painted at the phase's blood HU whatever the source shows:
+    near water in a plain scan, 200-500 HU in an angiogram; never the source's own 600 HU.
+    Without them synthesis keeps the source's HU, only nudged, as every earlier model was trained."""
+    phases = SynthesisSettings(contrast_phases=True)
+    aorta = [_medians(*synthesise(vessel_source, "CT", seed, settings=phases)).get("aorta") for seed in range(12)]
+    aorta = [value for value in aorta if value is not None]
+    assert len(aorta) >= 8
+    assert all(value < 540 for value in aorta)
+    assert any(value < 90 for value in aorta) and any(value > 190 for value in aorta)
+    plain = [_medians(*synthesise(vessel_source, "CT", seed)).get("aorta") for seed in range(4)]
+    assert all(value > 300 for value in plain if value is not None)
+    first, _ = synthesise(vessel_source, "CT", 3, settings=phases)
+    again, _ = synthesise(vessel_source, "CT", 3, settings=phases)
+    assert np.array_equal(first.array, again.array)
+
+
+def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_alone(tmp_path):
+    data = write_toy_dataset(tmp_path / "Task99_Toy", cases=1)
+    dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 2,
+               "modalities": ["CT", "MRI"]}
+    plain = TrainingConfig.from_dict({"name": "s", "datasets": [dataset]})
+    explicit = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": False}]})
+    phased = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True}]})
+    assert plain.fingerprint() == explicit.fingerprint() != phased.fingerprint()
+    specs = case_specs(phased.datasets, seed=0)
+    assert {s.modality for s in specs if s.contrast_phases} == {"CT"}
+    assert not any(s.contrast_phases for s in case_specs(plain.datasets, seed=0))
+    with pytest.raises(ConfigError, match="contrast_phases changes only synthesised CT"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True, "modalities": ["MRI"]}]})
+    with pytest.raises(ConfigError, match="contrast_phases applies to synth datasets only"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "contrast_phases": True}]})
 
 
 def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
