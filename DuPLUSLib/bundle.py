@@ -53,6 +53,7 @@ class InferenceSettings:
     overlap: float = 0.5
     window_batch: int = 2
     threshold: float = 0.5
+    largest_component: tuple[str, ...] = ()  # structures kept as their largest connected part (postprocessing.py)
     normalisation: dict[str, IntensityNormalisation] = field(default_factory=lambda: dict(DEFAULT_NORMALISATION))
 
     def to_dict(self) -> dict:
@@ -70,7 +71,7 @@ class InferenceSettings:
             values["normalisation"] = {
                 m: IntensityNormalisation(**n) for m, n in values["normalisation"].items()
             }
-        for key in ("spacing", "patch_size"):
+        for key in ("spacing", "patch_size", "largest_component"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)
@@ -222,6 +223,12 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torc
         raise ModelBundleError(
             f"model '{folder}' was trained with ontology {config.ontology_version}; "
             f"this library has {ontology.version}"
+        )
+    unknown = [key for key in config.inference.largest_component if key not in ontology.structures]
+    if unknown:
+        raise ModelBundleError(
+            f"model '{folder}': config.json's inference.largest_component names no structure of the ontology: "
+            f"{', '.join(unknown)}; correct or remove them"
         )
     network = DuPLUSNet(config.network)
     try:

@@ -31,6 +31,7 @@ from .imageio import (
     read_image,
 )
 from .ontology import Prompt, load_ontology
+from .postprocessing import keep_largest_component
 from .sliding_window import sliding_window, window_count
 from .preprocessing import (
     check_image_values,
@@ -185,6 +186,8 @@ class Segmenter:
             else:  # only where the mask can be, and kept there: most of the post-processing on a big CT
                 values, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold)
                 segments.append(SegmentMask(structure, values, confidence, box, image.array.shape))
+            if prompt.structure in self.settings.largest_component:
+                segments[-1] = keep_largest_component(segments[-1])
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(

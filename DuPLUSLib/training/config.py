@@ -184,6 +184,7 @@ class TrainingConfig:
         values = self.to_dict()
         values["training"].pop("steps")
         values["training"].pop("export_every")  # when the bundle is written changes nothing trained
+        values["inference"].pop("largest_component", None)  # post-processing, chosen after training
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
         for dataset in values["datasets"]:

@@ -42,6 +42,7 @@ from ..errors import DuPLUSError
 from ..imageio import VolumeImage, atomic_output
 from ..ontology import Ontology, Prompt, load_ontology
 from .config import DatasetSpec
+from .world_evaluation import dice
 
 __all__ = [
     "DataSource",
@@ -72,27 +73,23 @@ class EvaluationCase:
 def structure_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> dict:
     """Dice and HD95 (mm) of one binary mask against its reference; ``spacing`` is ``(i, j, k)`` mm.
 
-    Both through MONAI (``DiceMetric``, ``compute_hausdorff_distance(percentile=95)``); the empty
-    cases follow the module's rule instead of MONAI's NaN/inf.
+    HD95 through MONAI (``compute_hausdorff_distance(percentile=95)``); the empty cases follow the
+    module's rule instead of MONAI's NaN/inf.
     """
     import torch
-    from monai.metrics import DiceMetric, compute_hausdorff_distance
+    from monai.metrics import compute_hausdorff_distance
 
     prediction = np.asarray(prediction, dtype=bool)
     reference = np.asarray(reference, dtype=bool)
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
     predicted, expected = int(prediction.sum()), int(reference.sum())
-    entry = {"dice": 0.0, "hd95_mm": None, "predicted_voxels": predicted, "reference_voxels": expected}
-    if predicted == 0 and expected == 0:
-        entry["dice"] = 1.0
-        return entry
+    entry = {"dice": dice(prediction, reference), "hd95_mm": None, "predicted_voxels": predicted,
+             "reference_voxels": expected}
     if predicted == 0 or expected == 0:
         return entry
     y_pred = torch.from_numpy(prediction)[None, None].float()
     y = torch.from_numpy(reference)[None, None].float()
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(y_pred, y)
-    entry["dice"] = float(dice.item())
     # tensors are [k, j, i]; MONAI wants the spacing in the tensor's axis order
     with warnings.catch_warnings():  # MONAI warns about its own deprecated internals
         warnings.simplefilter("ignore", FutureWarning)

@@ -1,0 +1,121 @@
+"""Keeping a structure's largest connected part: the function on hand-made masks, and a model that
+names the structures in its inference settings, end to end through a saved bundle."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from engine_fixtures import bright_region_network, bundle_of, one_thread  # noqa: F401
+from DuPLUSLib.bundle import load_bundle
+from DuPLUSLib.errors import ModelBundleError
+from DuPLUSLib.imageio import SegmentMask, VolumeImage
+from DuPLUSLib.inference import Segmenter
+from DuPLUSLib.ontology import load_ontology
+from DuPLUSLib.postprocessing import keep_largest_component, largest_component
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+LIVER = load_ontology().structures["liver"]
+
+
+def two_blobs(shape=(20, 20, 20)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[2:10, 2:10, 2:10] = True  # 512 voxels
+    mask[14:17, 14:17, 14:17] = True  # 27 voxels, apart
+    return mask
+
+
+def test_the_largest_part_is_kept_and_parts_touching_at_a_corner_count_as_one():
+    mask = two_blobs()
+    assert largest_component(mask).sum() == 512
+    mask[10, 10, 10] = True  # touches the big cube at its corner only
+    assert largest_component(mask).sum() == 513
+    assert not largest_component(np.zeros((4, 4, 4), bool)).any()
+
+
+def test_a_segment_in_a_box_keeps_its_grid_and_shrinks_its_box_to_the_part_kept():
+    whole = two_blobs()
+    box = (slice(1, 19), slice(1, 19), slice(1, 19))
+    segment = SegmentMask(LIVER, whole[box], 0.9, box, whole.shape)
+    kept = keep_largest_component(segment)
+    assert kept.shape == whole.shape and kept.confidence == 0.9
+    assert kept.box == (slice(2, 10),) * 3
+    expected = whole.copy()
+    expected[14:17, 14:17, 14:17] = False
+    assert np.array_equal(kept.mask, expected)
+    assert np.array_equal(keep_largest_component(SegmentMask(LIVER, whole)).mask, expected)
+
+
+def image_with_two_bright_spheres() -> VolumeImage:
+    """A 64 mm cube of water with a 12 mm and a 5 mm radius bright sphere, far apart."""
+    k, j, i = np.meshgrid(*(np.arange(32),) * 3, indexing="ij")
+    big = (k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 <= 6 ** 2
+    small = (k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 2.5 ** 2
+    array = np.where(big | small, 400.0, 0.0) + np.random.default_rng(0).normal(0, 5, big.shape)
+    return VolumeImage(array.astype(np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+
+
+def test_a_model_keeps_the_largest_part_only_of_the_structures_its_settings_name(tmp_path):
+    """The hand-set network marks both bright spheres for any prompt; the saved bundle names the
+    liver, so the liver keeps the big sphere and the spleen, not named, keeps both."""
+    bundle = bundle_of(bright_region_network(), spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32),
+                       weights_dtype="float32")
+    bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=("liver",))
+    folder = bundle.save(tmp_path / "model")
+    segmenter = Segmenter(load_bundle(folder), device="cpu")
+    image = image_with_two_bright_spheres()
+    liver, spleen = segmenter.segment(image, segmenter.parse_prompts(["CT/abdomen/liver", "CT/abdomen/spleen"])).segments
+    assert 0 < liver.voxel_count() < spleen.voxel_count()
+    assert np.array_equal(liver.mask, largest_component(spleen.mask))
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["inference"]["largest_component"] = ["livr"]
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelBundleError, match="largest_component names no structure of the ontology: livr"):
+        load_bundle(folder)
+
+
+def test_the_choice_is_made_per_structure_on_validation_data(tmp_path):
+    """``experiments/choose_postprocessing.py`` with the hand-set network, which finds both spheres:
+    where the reference is the big sphere alone (liver) keeping the largest part helps and the liver
+    is chosen; where the reference is both spheres (spleen) it hurts and the spleen is not."""
+    import importlib.util
+    from pathlib import Path
+
+    from DuPLUSLib.training.decathlon import write_decathlon_dataset
+
+    image = image_with_two_bright_spheres()
+    both = image.array > 200
+    big = largest_component(both)
+    for name, key, mask in (("big", "liver", big), ("both", "spleen", both)):
+        triples = [(f"{name}_{index}", image, mask.astype(np.uint8)) for index in range(3)]
+        write_decathlon_dataset(tmp_path / name, triples, {"modality": "CT", "region": "abdomen", "labels": {"1": key}})
+    bundle = bundle_of(bright_region_network(), spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32),
+                       weights_dtype="float32")
+    model = bundle.save(tmp_path / "model")
+    script = Path(__file__).resolve().parents[2] / "experiments" / "choose_postprocessing.py"
+    spec = importlib.util.spec_from_file_location("choose_postprocessing", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "choice.json"
+    assert module.main(["--model", str(model), "--data", str(tmp_path / "big"), "--data", str(tmp_path / "both"),
+                        "-o", str(output)]) == 0
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["largest_component"] == ["liver"]
+    assert report["structures"]["liver"]["dice_largest_part"] > report["structures"]["liver"]["dice_as_found"]
+    assert report["structures"]["spleen"]["cases"] == 3 and not report["structures"]["spleen"]["chosen"]
+
+
+def test_the_choice_joins_a_training_config_without_changing_its_run():
+    """Chosen after training, the list goes into the config's inference section; the run folder
+    must still resume and export, so it is not part of the fingerprint."""
+    from DuPLUSLib.training.config import TrainingConfig
+
+    base = {"name": "r", "datasets": [{"kind": "phantom"}], "inference": {"spacing": [4, 4, 4]}}
+    chosen = base | {"inference": {"spacing": [4, 4, 4], "largest_component": ["liver"]}}
+    assert TrainingConfig.from_dict(base).fingerprint() == TrainingConfig.from_dict(chosen).fingerprint()
+    other_grid = base | {"inference": {"spacing": [3, 3, 3]}}
+    assert TrainingConfig.from_dict(base).fingerprint() != TrainingConfig.from_dict(other_grid).fingerprint()

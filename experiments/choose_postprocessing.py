@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Which structures a model keeps as their largest connected part, chosen on validation data.
+
+For each validation case the model segments every labelled structure once, as the bundle ships
+it but without any post-processing; each structure's Dice is then scored as found and with only
+its largest part kept (``DuPLUSLib.postprocessing``, the function inference applies). A structure
+is chosen when that raises its mean Dice over the validation cases by at least ``--min-gain`` and
+lowers no case by more than ``--max-loss``; a structure seen in fewer than ``--min-cases`` cases
+is never chosen. As in nnU-Net, the choice is made on validation data only, never on the data a
+model is reported on.
+
+The chosen keys go into the training config's ``inference.largest_component`` (left out of the
+run's fingerprint), and ``duplus train CONFIG -o RUN --export`` writes them into the bundle:
+
+    python experiments/choose_postprocessing.py --model runs/v7/model \\
+        --data runs/synthetic_holdout/ct_abdomen --data runs/synthetic_holdout/ct_pelvis -o runs/postprocessing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="the model folder to choose for")
+    parser.add_argument("--data", action="append", required=True, help="validation data, as duplus evaluate --data")
+    parser.add_argument("--min-gain", type=float, default=0.002, help="mean Dice gain a structure needs")
+    parser.add_argument("--max-loss", type=float, default=0.05, help="largest Dice loss allowed on any one case")
+    parser.add_argument("--min-cases", type=int, default=3, help="cases a structure must appear in")
+    parser.add_argument("-o", "--output", required=True, help="report JSON")
+    args = parser.parse_args(argv)
+
+    import itertools
+
+    from tqdm import tqdm
+
+    from DuPLUSLib.bundle import load_bundle
+    from DuPLUSLib.inference import Segmenter
+    from DuPLUSLib.ontology import Prompt
+    from DuPLUSLib.postprocessing import keep_largest_component
+    from DuPLUSLib.training.evaluate import parse_data_spec
+    from DuPLUSLib.training.world_evaluation import dice
+
+    bundle = load_bundle(args.model)
+    bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=())
+    segmenter = Segmenter(bundle, device="cpu")
+    sources = [parse_data_spec(spec) for spec in args.data]
+    scores: dict[str, list[tuple[float, float]]] = defaultdict(list)  # structure -> (as found, largest part)
+    for case in tqdm(itertools.chain.from_iterable(s.cases() for s in sources), desc="validation cases", unit="case"):
+        prompts = [Prompt(case.modality, case.region, key) for key in case.labels]
+        for prompt, segment in zip(prompts, segmenter.segment(case.image, prompts).segments):
+            reference = case.labels[prompt.structure]
+            scores[prompt.structure].append(
+                (dice(segment.mask, reference), dice(keep_largest_component(segment).mask, reference)))
+    report = {"model": args.model, "data": args.data, "rule": vars(args) | {"data": None, "output": None},
+              "structures": {}, "largest_component": []}
+    for key, pairs in sorted(scores.items()):
+        found = sum(p[0] for p in pairs) / len(pairs)
+        kept = sum(p[1] for p in pairs) / len(pairs)
+        worst = max(p[0] - p[1] for p in pairs)
+        chosen = len(pairs) >= args.min_cases and kept - found >= args.min_gain and worst <= args.max_loss
+        report["structures"][key] = {"cases": len(pairs), "dice_as_found": round(found, 4),
+                                     "dice_largest_part": round(kept, 4), "worst_case_loss": round(worst, 4),
+                                     "chosen": chosen}
+        if chosen:
+            report["largest_component"].append(key)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print("| structure | cases | Dice as found | largest part | worst case loss | chosen |\n|---|---:|---:|---:|---:|---|")
+    for key, row in report["structures"].items():
+        print(f"| {key} | {row['cases']} | {row['dice_as_found']:.3f} | {row['dice_largest_part']:.3f} | "
+              f"{row['worst_case_loss']:.3f} | {'yes' if row['chosen'] else ''} |")
+    print(f"\ninference:\n  largest_component: [{', '.join(report['largest_component'])}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
