@@ -46,7 +46,8 @@ EMBEDDINGS_FILE = "prompt_embeddings.safetensors"
 
 @dataclass
 class InferenceSettings:
-    """The grid and window the model was trained for; stored with it, overridable per run."""
+    """The grid and window the model was trained for, its threshold and post-processing; stored
+    with it, the window settings overridable per run."""
 
     spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)
     patch_size: tuple[int, int, int] = (64, 64, 64)
@@ -71,6 +72,9 @@ class InferenceSettings:
             values["normalisation"] = {
                 m: IntensityNormalisation(**n) for m, n in values["normalisation"].items()
             }
+        names = values.get("largest_component", [])
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ModelBundleError(f"inference.largest_component must be a list of structure keys, not {names!r}")
         for key in ("spacing", "patch_size", "largest_component"):
             if key in values:
                 values[key] = tuple(values[key])

@@ -186,7 +186,7 @@ class Segmenter:
             else:  # only where the mask can be, and kept there: most of the post-processing on a big CT
                 values, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold)
                 segments.append(SegmentMask(structure, values, confidence, box, image.array.shape))
-            if prompt.structure in self.settings.largest_component:
+            if prompt.structure in self.settings.largest_component:  # the kept probabilities stay whole
                 segments[-1] = keep_largest_component(segments[-1])
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")

@@ -10,7 +10,8 @@ is never chosen. As in nnU-Net, the choice is made on validation data only, neve
 model is reported on.
 
 The chosen keys go into the training config's ``inference.largest_component`` (left out of the
-run's fingerprint), and ``duplus train CONFIG -o RUN --export`` writes them into the bundle:
+run's fingerprint), and ``duplus train CONFIG -o RUN --export RUN/model`` writes the bundle again
+with them (from the run's last checkpoint, the same weights as a finished run's model):
 
     python experiments/choose_postprocessing.py --model runs/v7/model \\
         --data runs/synthetic_holdout/ct_abdomen --data runs/synthetic_holdout/ct_pelvis -o runs/postprocessing.json
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="the model folder to choose for")
     parser.add_argument("--data", action="append", required=True, help="validation data, as duplus evaluate --data")
+    parser.add_argument("--mapping", help="label mapping JSON of the Decathlon folders (default: FOLDER/mapping.json)")
     parser.add_argument("--min-gain", type=float, default=0.002, help="mean Dice gain a structure needs")
     parser.add_argument("--max-loss", type=float, default=0.05, help="largest Dice loss allowed on any one case")
     parser.add_argument("--min-cases", type=int, default=3, help="cases a structure must appear in")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.model)
     bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=())
     segmenter = Segmenter(bundle, device="cpu")
-    sources = [parse_data_spec(spec) for spec in args.data]
+    sources = [parse_data_spec(spec, args.mapping) for spec in args.data]
     scores: dict[str, list[tuple[float, float]]] = defaultdict(list)  # structure -> (as found, largest part)
     for case in tqdm(itertools.chain.from_iterable(s.cases() for s in sources), desc="validation cases", unit="case"):
         prompts = [Prompt(case.modality, case.region, key) for key in case.labels]
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             reference = case.labels[prompt.structure]
             scores[prompt.structure].append(
                 (dice(segment.mask, reference), dice(keep_largest_component(segment).mask, reference)))
-    report = {"model": args.model, "data": args.data, "rule": vars(args) | {"data": None, "output": None},
+    rule = {"min_gain": args.min_gain, "max_loss": args.max_loss, "min_cases": args.min_cases}
+    report = {"model": args.model, "data": args.data, "mapping": args.mapping, "rule": rule,
               "structures": {}, "largest_component": []}
     for key, pairs in sorted(scores.items()):
         found = sum(p[0] for p in pairs) / len(pairs)

@@ -81,7 +81,8 @@ TOTALSEGMENTATOR_TOTAL_VALUES = range(1, 118)
 
 
 def totalsegmentator_mappings(regions: tuple[str, ...] = ("abdomen", "pelvis")) -> dict[str, dict]:
-    """One mapping document per CT region: the region's structures that the task labels."""
+    """One mapping document per CT region: the region's structures that the task labels, and the
+    other named classes among the ignored values (``unannotated``), for synthesis to paint."""
     ontology = load_ontology()
     documents = {}
     for region in regions:
@@ -94,12 +95,15 @@ def totalsegmentator_mappings(regions: tuple[str, ...] = ("abdomen", "pelvis")) 
             "region": region,
             "labels": labels,
             "ignore": [v for v in TOTALSEGMENTATOR_TOTAL_VALUES if v not in used],
+            "unannotated": {key: list(values) for key, values in TOTALSEGMENTATOR_TOTAL_CLASSES.items()
+                            if key not in valid},
         }
     return documents
 
 
 def _convert_totalsegmentator_example(extracted: Path, output: Path) -> None:
-    """The real contrast CT of abdomen and pelvis (3 mm) with TotalSegmentator's 62-class labels."""
+    """The real CT of abdomen and pelvis (3 mm) with TotalSegmentator's 62-class labels. The package
+    calls it a contrast CT; its blood measures 41 HU, aorta and vena cava alike: a plain scan."""
     root = extracted / "totalsegmentator-2.18.0" / "tests" / "reference_files"
     (output / "imagesTr").mkdir(parents=True)
     (output / "labelsTr").mkdir(parents=True)

@@ -47,8 +47,10 @@ _ENHANCEMENT_HU = {
                "pancreas": (40, 60), "adrenal_left": (30, 50), "adrenal_right": (30, 50), "soft": (10, 30),
                "muscle": (5, 20)},
 }
-# Structures filled with arterial blood; other vessels are veins.
+# Structures filled with blood, arterial or venous; a label of the vessel family is a vein too. They are
+# named here because a plain CT's unannotated vessels read as soft tissue by their HU.
 _ARTERIAL_KEYS = frozenset({"aorta", "iliac_artery_left", "iliac_artery_right", "heart"})
+_VENOUS_KEYS = frozenset({"inferior_vena_cava", "portal_splenic_vein", "iliac_vein_left", "iliac_vein_right"})
 
 
 def paint(
@@ -57,6 +59,7 @@ def paint(
     spacing_kji: np.ndarray,
     modality: str,
     rng: np.random.Generator,
+    *,
     contrast_phases: bool = False,
 ) -> np.ndarray:
     """An image of ``labels`` (values of ``source``) in ``modality``, float32 [k, j, i].
@@ -128,10 +131,10 @@ def _phase_means(source: SourceLabelMap, rng: np.random.Generator) -> tuple[dict
     means, spreads = {}, {}
     for value in source.values:
         median, spread = source.ct_statistics.get(value, (0.0, 20.0))
-        family, key = source.family[value], source.key_of(value) or ""
+        family, key = source.family[value], source.anatomy_of(value) or ""
         if key in _ARTERIAL_KEYS:
             mean = artery_hu
-        elif family == "vessel":
+        elif family == "vessel" or key in _VENOUS_KEYS:
             mean = vein_hu
         else:
             bounds = enhancement.get(key) or enhancement.get(family) or (0.0, 0.0)

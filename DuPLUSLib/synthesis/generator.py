@@ -42,7 +42,7 @@ def synthesise(
     labels = labels.with_array(resized)
     labels = crop_field_of_view(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
     spacing_kji = np.array(labels.spacing)[::-1]
-    image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng, settings.contrast_phases)
+    image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng, contrast_phases=settings.contrast_phases)
     masks = {key: np.isin(labels.array, source.structures[key]) for key in keys}
     out = labels.with_array(image.astype(np.float32))
     out.metadata = {"DuPLUS.Synthetic": f"{source.name}/{modality}/{seed}"}

@@ -51,6 +51,7 @@ class SourceLabelMap:
     structures: dict[str, tuple[int, ...]]
     region: str
     ct_statistics: dict[int, tuple[float, float]] = field(default_factory=dict)  # value -> (median HU, spread HU)
+    unannotated: dict[int, str] = field(default_factory=dict)  # value -> structure key, for values not trained on
 
     @property
     def values(self) -> list[int]:
@@ -61,6 +62,10 @@ class SourceLabelMap:
         owners = [k for k, values in self.structures.items() if value in values]
         return owners[0] if len(owners) == 1 else None
 
+    def anatomy_of(self, value: int) -> str | None:
+        """What a label value is, annotated or not (contrast phases read it)."""
+        return self.key_of(value) or self.unannotated.get(value)
+
 
 def label_map_from_real_ct(
     name: str,
@@ -68,11 +73,14 @@ def label_map_from_real_ct(
     labels: np.ndarray,
     structures: dict[str, tuple[int, ...]],
     region: str,
+    unannotated: dict[str, tuple[int, ...]] | None = None,
 ) -> SourceLabelMap:
     """Complete a real CT's segmentation with tissues derived from its Hounsfield units.
 
     ``labels`` is the dataset's label map on ``image``'s voxels; every non-zero value is kept
     (annotated or not), and every unlabelled voxel becomes air, gas, fat, soft tissue or bone.
+    ``unannotated`` names values that are not trained on (a mapping's ``unannotated``); their
+    family is still read off their HU, so synthesis without contrast phases paints them as before.
     """
     hu = image.array.astype(np.float32)
     full = labels.astype(np.int16, copy=True)
@@ -96,7 +104,8 @@ def label_map_from_real_ct(
         spread = float(np.subtract(*np.percentile(voxels, [75, 25])) / 1.35)  # robust standard deviation
         statistics[value] = (median, max(spread, 5.0))
         family[value] = _DERIVED_FAMILIES.get(value) or _FAMILY_BY_KEY.get(key_by_value.get(value, ""), "") or _family_from_hu(median)
-    return SourceLabelMap(name, image.with_array(full), family, structures, region, statistics)
+    names = {v: key for key, values in (unannotated or {}).items() for v in values}
+    return SourceLabelMap(name, image.with_array(full), family, structures, region, statistics, names)
 
 
 def _body_mask(hu: np.ndarray) -> np.ndarray:

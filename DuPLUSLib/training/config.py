@@ -74,10 +74,11 @@ class DatasetSpec:
             if self.source is None and not (self.path and self.mapping):
                 raise ConfigError("a synth dataset needs 'path' and 'mapping' (a Decathlon folder), or 'source: mni152'")
             unknown = set(self.modalities or []) - {"CT", "MRI", "PET", "US"}
-            if self.contrast_phases and "CT" not in (self.modalities or ["CT"]):
-                raise ConfigError("contrast_phases changes only synthesised CT; add CT to 'modalities' or drop it")
             if unknown:
                 raise ConfigError(f"synth modalities must be among CT, MRI, PET, US; not {', '.join(sorted(unknown))}")
+            if self.contrast_phases and (self.source == "mni152" or "CT" not in (self.modalities or ["CT"])):
+                raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
+                                  "add CT to 'modalities' or drop contrast_phases")
         elif self.contrast_phases:
             raise ConfigError(f"contrast_phases applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
@@ -202,9 +203,14 @@ def _check_sections(config: TrainingConfig) -> None:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"network: {error}") from None
     try:
-        InferenceSettings.from_dict(config.inference)
+        settings = InferenceSettings.from_dict(config.inference)
     except Exception as error:
         raise ConfigError(f"inference: {error}") from None
+    from ..ontology import load_ontology
+
+    unknown = [key for key in settings.largest_component if key not in load_ontology().structures]
+    if unknown:  # found now, not when the trained bundle is first loaded
+        raise ConfigError(f"inference.largest_component: no structure of the ontology is called {', '.join(unknown)}")
 
 
 def load_config(path: str | Path) -> TrainingConfig:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -75,6 +75,9 @@ class LabelMapping:
     ignore: tuple[int, ...] = ()
     channel: int | None = None
     source: str = "<mapping>"
+    # ignored values that are known anatomy (structure key -> values): never trained on, but
+    # synthesis paints them as what they are (an unannotated iliac artery is arterial blood)
+    unannotated: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def known_values(self) -> set[int]:
@@ -135,7 +138,7 @@ def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None)
     ontology = ontology or load_ontology()
     path = Path(path)
     document, modality, region = read_mapping_header(
-        path, ("modality", "region", "labels", "ignore", "channel", "description"), ontology)
+        path, ("modality", "region", "labels", "ignore", "unannotated", "channel", "description"), ontology)
     labels = document["labels"]
     if not isinstance(labels, dict) or not labels:
         raise DatasetError(f"mapping file '{path}': 'labels' must be a non-empty object")
@@ -151,6 +154,7 @@ def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None)
             values = value if isinstance(value, list) else [value]
             structures.setdefault(structure, set()).update(_label_value(v, path) for v in values)
     ignore = tuple(_label_value(v, path) for v in document.get("ignore", []))
+    unannotated = _unannotated(document.get("unannotated", {}), set(ignore), ontology, path)
     channel = document.get("channel")
     if channel is not None and (not isinstance(channel, int) or channel < 0):
         raise DatasetError(f"mapping file '{path}': 'channel' must be a non-negative integer, not {channel!r}")
@@ -161,7 +165,27 @@ def load_mapping(path: str | os.PathLike[str], ontology: Ontology | None = None)
         ignore=ignore,
         channel=channel,
         source=str(path),
+        unannotated=unannotated,
     )
+
+
+def _unannotated(document: object, ignore: set[int], ontology: Ontology, path: Path) -> dict[str, tuple[int, ...]]:
+    """The mapping's ``unannotated`` object: ontology keys of any context, each naming ignored values."""
+    if not isinstance(document, dict):
+        raise DatasetError(f"mapping file '{path}': 'unannotated' must be an object of structure -> label values")
+    names: dict[str, tuple[int, ...]] = {}
+    for name, value in document.items():
+        try:
+            key = ontology.structure_key(str(name))
+        except UnknownPromptError as error:
+            raise DatasetError(f"mapping file '{path}': unannotated: {error}") from None
+        values = tuple(_label_value(v, path) for v in (value if isinstance(value, list) else [value]))
+        stray = sorted(set(values) - ignore)
+        if stray:
+            raise DatasetError(f"mapping file '{path}': unannotated '{name}' names value(s) {stray} that are not "
+                               "under 'ignore'; an annotated value is named by 'labels' alone")
+        names[key] = values
+    return names
 
 
 def _is_label_value(text: str) -> bool:

@@ -2,7 +2,7 @@
 
 Each case goes through the real :class:`~DuPLUSLib.inference.Segmenter` (whole volume, sliding
 window, back on the input grid), exactly what a user gets, and is compared with its reference on the
-*input* grid with MONAI's metrics (spacing-aware, so HD95 is in millimetres).
+*input* grid: Dice by voxel counts, HD95 with MONAI's metric (spacing-aware, so in millimetres).
 
 Empty masks follow one documented rule, because MONAI returns NaN or inf there:
 

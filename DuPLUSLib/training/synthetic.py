@@ -75,7 +75,7 @@ def _source(path: str | None, mapping_path: str | None, entry: int) -> SourceLab
 
     labels = image.with_array(_read_volume(item.label, None, "label").array)
     image, labels = _no_finer_than(image, labels, SYNTHESIS_SPACING_MM)
-    return label_map_from_real_ct(item.name, image, labels.array, mapping.structures, mapping.region)
+    return label_map_from_real_ct(item.name, image, labels.array, mapping.structures, mapping.region, mapping.unannotated)
 
 
 SYNTHESIS_SPACING_MM = 2.0  # finer than any model grid, and a 0.6 mm CT would take minutes per case

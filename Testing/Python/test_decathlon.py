@@ -136,11 +136,25 @@ def test_a_structure_of_another_region_is_refused_with_the_choices(tmp_path):
         ({"modality": "CT", "region": "abdomen", "labels": {"liver": ["one"]}}, "'one' is not an integer"),
         ({"modality": "CT", "region": "abdomen", "labels": {"1": "liver"}, "colour": 1}, "unknown key"),
         ({"modality": "CT", "region": "abdomen", "labels": {}}, "non-empty"),
+        ({"modality": "CT", "region": "abdomen", "labels": {"1": "liver"}, "ignore": [2],
+          "unannotated": {"aorta": [1]}}, r"unannotated 'aorta' names value\(s\) \[1\] that are not under 'ignore'"),
+        ({"modality": "CT", "region": "abdomen", "labels": {"1": "liver"}, "ignore": [2],
+          "unannotated": {"unicorn": [2]}}, "unannotated: .*'unicorn' is not a known structure"),
+        ({"modality": "CT", "region": "abdomen", "labels": {"1": "liver"}, "unannotated": ["aorta"]},
+         "'unannotated' must be an object"),
     ],
 )
 def test_malformed_mappings_are_refused(tmp_path, document, message):
     with pytest.raises(DatasetError, match=message):
         load_mapping(write_mapping(tmp_path, document))
+
+
+def test_ignored_values_may_be_named_as_anatomy_of_any_context(tmp_path):
+    """The heart is no CT-abdomen structure, yet an abdominal CT shows its lower part."""
+    path = write_mapping(tmp_path, {"modality": "CT", "region": "abdomen", "labels": {"1": "liver"}, "ignore": [2, 3],
+                                    "unannotated": {"heart": [2]}})
+    mapping = load_mapping(path)
+    assert mapping.unannotated == {"heart": (2,)} and mapping.structures == {"liver": (1,)}
 
 
 def test_a_missing_mapping_file_is_refused(tmp_path):

@@ -119,3 +119,13 @@ def test_the_choice_joins_a_training_config_without_changing_its_run():
     assert TrainingConfig.from_dict(base).fingerprint() == TrainingConfig.from_dict(chosen).fingerprint()
     other_grid = base | {"inference": {"spacing": [3, 3, 3]}}
     assert TrainingConfig.from_dict(base).fingerprint() != TrainingConfig.from_dict(other_grid).fingerprint()
+
+
+def test_a_misnamed_or_mistyped_structure_list_is_refused_before_training():
+    from DuPLUSLib.training.config import ConfigError, TrainingConfig
+
+    base = {"name": "r", "datasets": [{"kind": "phantom"}]}
+    with pytest.raises(ConfigError, match="no structure of the ontology is called livr"):
+        TrainingConfig.from_dict(base | {"inference": {"largest_component": ["livr"]}})
+    with pytest.raises(ConfigError, match="must be a list of structure keys, not 'liver'"):
+        TrainingConfig.from_dict(base | {"inference": {"largest_component": "liver"}})

@@ -90,11 +90,27 @@ def test_contrast_phases_paint_blood_as_a_plain_ct_or_an_angiogram_shows_it(vess
     assert len(aorta) >= 8
     assert all(value < 540 for value in aorta)
     assert any(value < 90 for value in aorta) and any(value > 190 for value in aorta)
-    plain = [_medians(*synthesise(vessel_source, "CT", seed)).get("aorta") for seed in range(4)]
-    assert all(value > 300 for value in plain if value is not None)
+    plain = [value for seed in range(4) if (value := _medians(*synthesise(vessel_source, "CT", seed)).get("aorta"))]
+    assert plain and all(value > 300 for value in plain)
     first, _ = synthesise(vessel_source, "CT", 3, settings=phases)
     again, _ = synthesise(vessel_source, "CT", 3, settings=phases)
     assert np.array_equal(first.array, again.array)
+
+
+def test_an_unannotated_artery_is_painted_as_blood_though_its_plain_hu_read_as_soft_tissue():
+    """Vessels a mapping ignores but names (``unannotated``) light up with the annotated ones: an
+    angiogram's brightness does not stop where the labels do. Painted on the source's own grid, so
+    the unannotated label's voxels are known."""
+    from DuPLUSLib.synthesis.contrast import paint
+
+    image, labels = toy_case(3, shape=(28, 28, 28), spacing=(3.0, 3.0, 3.0))
+    plain = image.with_array(np.where(labels == 2, 40, image.array).astype(image.array.dtype))  # blood, no contrast
+    source = label_map_from_real_ct("toy", plain, labels, {"liver": (1,)}, "abdomen", {"iliac_artery_left": (2,)})
+    assert source.family[2] == "soft" and source.anatomy_of(2) == "iliac_artery_left" and source.key_of(2) is None
+    grid, spacing = source.labels.array.astype(np.int64), np.array(source.labels.spacing)[::-1]
+    artery = [float(np.median(paint(source, grid, spacing, "CT", np.random.default_rng(seed), contrast_phases=True)[grid == 2]))
+              for seed in range(12)]
+    assert any(value < 90 for value in artery) and any(value > 190 for value in artery)
 
 
 def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_alone(tmp_path):
@@ -108,8 +124,11 @@ def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_
     specs = case_specs(phased.datasets, seed=0)
     assert {s.modality for s in specs if s.contrast_phases} == {"CT"}
     assert not any(s.contrast_phases for s in case_specs(plain.datasets, seed=0))
-    with pytest.raises(ConfigError, match="contrast_phases changes only synthesised CT"):
+    with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised"):
         TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True, "modalities": ["MRI"]}]})
+    with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised from a CT"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "synth", "source": "mni152", "modalities": ["CT"],
+                                                             "contrast_phases": True}]})
     with pytest.raises(ConfigError, match="contrast_phases applies to synth datasets only"):
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "contrast_phases": True}]})
 
