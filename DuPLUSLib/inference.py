@@ -31,7 +31,7 @@ from .imageio import (
     read_image,
 )
 from .ontology import Prompt, load_ontology
-from .postprocessing import keep_largest_component
+from .postprocessing import keep_largest_part
 from .sliding_window import sliding_window, window_count
 from .preprocessing import (
     check_image_values,
@@ -176,7 +176,10 @@ class Segmenter:
             if cancel():
                 raise CancelledError("segmentation cancelled")
             progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
-            on_model_grid = model_image.with_array(probabilities_model.pop(prompt.key))
+            probability = probabilities_model.pop(prompt.key)
+            if prompt.structure in self.settings.largest_component:
+                probability = keep_largest_part(probability, self.settings.threshold)
+            on_model_grid = model_image.with_array(probability)
             structure = self.ontology.structures[prompt.structure]
             if keep_probabilities:
                 prob = resample_onto(on_model_grid, image, "linear", 0.0)
@@ -186,8 +189,6 @@ class Segmenter:
             else:  # only where the mask can be, and kept there: most of the post-processing on a big CT
                 values, confidence, box = resample_mask_above(on_model_grid, image, self.settings.threshold)
                 segments.append(SegmentMask(structure, values, confidence, box, image.array.shape))
-            if prompt.structure in self.settings.largest_component:  # the kept probabilities stay whole
-                segments[-1] = keep_largest_component(segments[-1])
         timings["postprocessing"] = time.perf_counter() - start
         progress("postprocessing", 1.0, "done")
         return SegmentationResult(

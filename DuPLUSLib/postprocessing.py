@@ -5,6 +5,10 @@ As in nnU-Net, a model's post-processing is chosen per structure on validation d
 ``experiments/choose_postprocessing.py``) and stored with the model, in its inference settings
 (``largest_component``), because for structures made of several pieces (ribs, costal cartilages, a
 colon cut by the field of view) it would delete true parts.
+
+It works on the model grid, before the probabilities go back to the input grid: there a structure
+costs a few hundred thousand voxels however fine the scan, and every part it drops is dropped from
+the mask, the confidence and the probabilities alike.
 """
 
 from __future__ import annotations
@@ -12,9 +16,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .imageio import SegmentMask, mask_box
-
-__all__ = ["keep_largest_component", "largest_component"]
+__all__ = ["largest_component", "keep_largest_part"]
 
 _FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # parts touching at an edge or a corner are one part
 
@@ -28,14 +30,12 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return parts == 1 + int(np.argmax(sizes))
 
 
-def keep_largest_component(segment: SegmentMask) -> SegmentMask:
-    """``segment`` with only its largest part, in that part's own box. The confidence stays the mean
-    probability of the whole mask the network found: the probabilities are no longer at hand here."""
-    kept = largest_component(segment.values)
-    if segment.box is None:
-        return SegmentMask(segment.structure, kept, segment.confidence)
-    inner = mask_box(kept)
-    if inner is None:
-        return segment
-    box = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(segment.box, inner))
-    return SegmentMask(segment.structure, kept[inner], segment.confidence, box, segment.grid_shape)  # type: ignore[arg-type]
+def keep_largest_part(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """``probability`` with the voxels of every part of ``probability >= threshold`` but the largest
+    set to 0. Parts that are not 26-connected share no 2x2x2 cell, so linear resampling of the result
+    finds exactly the largest part, with the values it had."""
+    found = probability >= threshold
+    kept = largest_component(found)
+    if kept is found:
+        return probability
+    return np.where(found & ~kept, np.zeros((), probability.dtype), probability)

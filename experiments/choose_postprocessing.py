@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Which structures a model keeps as their largest connected part, chosen on validation data.
 
-For each validation case the model segments every labelled structure once, as the bundle ships
-it but without any post-processing; each structure's Dice is then scored as found and with only
-its largest part kept (``DuPLUSLib.postprocessing``, the function inference applies). A structure
+For each validation case the model segments every labelled structure twice, exactly as inference
+runs: once without post-processing and once keeping every structure's largest part
+(``DuPLUSLib.postprocessing``, applied on the model grid); each structure's Dice is scored both ways. A structure
 is chosen when that raises its mean Dice over the validation cases by at least ``--min-gain`` and
 lowers no case by more than ``--max-loss``; a structure seen in fewer than ``--min-cases`` cases
 is never chosen. As in nnU-Net, the choice is made on validation data only, never on the data a
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-gain", type=float, default=0.002, help="mean Dice gain a structure needs")
     parser.add_argument("--max-loss", type=float, default=0.05, help="largest Dice loss allowed on any one case")
     parser.add_argument("--min-cases", type=int, default=3, help="cases a structure must appear in")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("-o", "--output", required=True, help="report JSON")
     args = parser.parse_args(argv)
 
@@ -45,31 +46,33 @@ def main(argv: list[str] | None = None) -> int:
     from DuPLUSLib.bundle import load_bundle
     from DuPLUSLib.inference import Segmenter
     from DuPLUSLib.ontology import Prompt
-    from DuPLUSLib.postprocessing import keep_largest_component
     from DuPLUSLib.training.evaluate import parse_data_spec
     from DuPLUSLib.training.world_evaluation import dice
 
-    bundle = load_bundle(args.model)
-    bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=())
-    segmenter = Segmenter(bundle, device="cpu")
+    segmenters = []
+    for largest in (False, True):  # the same weights, without and with the post-processing for every structure
+        bundle = load_bundle(args.model)
+        names = tuple(bundle.ontology.structures) if largest else ()
+        bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=names)
+        segmenters.append(Segmenter(bundle, device=args.device))
     sources = [parse_data_spec(spec, args.mapping) for spec in args.data]
     scores: dict[str, list[tuple[float, float]]] = defaultdict(list)  # structure -> (as found, largest part)
     for case in tqdm(itertools.chain.from_iterable(s.cases() for s in sources), desc="validation cases", unit="case"):
         prompts = [Prompt(case.modality, case.region, key) for key in case.labels]
-        for prompt, segment in zip(prompts, segmenter.segment(case.image, prompts).segments):
+        found, largest = (segmenter.segment(case.image, prompts).segments for segmenter in segmenters)
+        for prompt, as_found, kept in zip(prompts, found, largest):
             reference = case.labels[prompt.structure]
-            scores[prompt.structure].append(
-                (dice(segment.mask, reference), dice(keep_largest_component(segment).mask, reference)))
+            scores[prompt.structure].append((dice(as_found.mask, reference), dice(kept.mask, reference)))
     rule = {"min_gain": args.min_gain, "max_loss": args.max_loss, "min_cases": args.min_cases}
     report = {"model": args.model, "data": args.data, "mapping": args.mapping, "rule": rule,
               "structures": {}, "largest_component": []}
     for key, pairs in sorted(scores.items()):
-        found = sum(p[0] for p in pairs) / len(pairs)
-        kept = sum(p[1] for p in pairs) / len(pairs)
+        mean_found = sum(p[0] for p in pairs) / len(pairs)
+        mean_kept = sum(p[1] for p in pairs) / len(pairs)
         worst = max(p[0] - p[1] for p in pairs)
-        chosen = len(pairs) >= args.min_cases and kept - found >= args.min_gain and worst <= args.max_loss
-        report["structures"][key] = {"cases": len(pairs), "dice_as_found": round(found, 4),
-                                     "dice_largest_part": round(kept, 4), "worst_case_loss": round(worst, 4),
+        chosen = len(pairs) >= args.min_cases and mean_kept - mean_found >= args.min_gain and worst <= args.max_loss
+        report["structures"][key] = {"cases": len(pairs), "dice_as_found": round(mean_found, 4),
+                                     "dice_largest_part": round(mean_kept, 4), "worst_case_loss": round(worst, 4),
                                      "chosen": chosen}
         if chosen:
             report["largest_component"].append(key)

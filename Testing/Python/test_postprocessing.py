@@ -12,13 +12,11 @@ import pytest
 from engine_fixtures import bright_region_network, bundle_of, one_thread  # noqa: F401
 from DuPLUSLib.bundle import load_bundle
 from DuPLUSLib.errors import ModelBundleError
-from DuPLUSLib.imageio import SegmentMask, VolumeImage
+from DuPLUSLib.imageio import VolumeImage
 from DuPLUSLib.inference import Segmenter
-from DuPLUSLib.ontology import load_ontology
-from DuPLUSLib.postprocessing import keep_largest_component, largest_component
+from DuPLUSLib.postprocessing import keep_largest_part, largest_component
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LIVER = load_ontology().structures["liver"]
 
 
 def two_blobs(shape=(20, 20, 20)) -> np.ndarray:
@@ -36,17 +34,21 @@ def test_the_largest_part_is_kept_and_parts_touching_at_a_corner_count_as_one():
     assert not largest_component(np.zeros((4, 4, 4), bool)).any()
 
 
-def test_a_segment_in_a_box_keeps_its_grid_and_shrinks_its_box_to_the_part_kept():
-    whole = two_blobs()
-    box = (slice(1, 19), slice(1, 19), slice(1, 19))
-    segment = SegmentMask(LIVER, whole[box], 0.9, box, whole.shape)
-    kept = keep_largest_component(segment)
-    assert kept.shape == whole.shape and kept.confidence == 0.9
-    assert kept.box == (slice(2, 10),) * 3
-    expected = whole.copy()
-    expected[14:17, 14:17, 14:17] = False
-    assert np.array_equal(kept.mask, expected)
-    assert np.array_equal(keep_largest_component(SegmentMask(LIVER, whole)).mask, expected)
+def test_only_the_largest_part_reaches_the_threshold_after_linear_resampling():
+    """Parts that are not 26-connected share no 2x2x2 cell, so zeroing the smaller ones on the model
+    grid leaves the largest exactly as a resampling to a finer grid finds it, and nothing else."""
+    from DuPLUSLib.preprocessing import resample_onto
+
+    probability = np.where(two_blobs(), 0.9, 0.3).astype(np.float32)
+    kept = keep_largest_part(probability, 0.5)
+    assert kept.dtype == np.float32 and kept[15, 15, 15] == 0 and kept[5, 5, 5] == np.float32(0.9)
+    coarse = VolumeImage(probability, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    fine = VolumeImage(np.zeros((39, 39, 39), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    before = resample_onto(coarse, fine, "linear", 0.0) >= 0.5
+    after = resample_onto(coarse.with_array(kept), fine, "linear", 0.0) >= 0.5
+    assert np.array_equal(after, largest_component(before)) and after.sum() < before.sum()
+    one_part = probability[:12, :12, :12]
+    assert keep_largest_part(one_part, 0.5) is one_part
 
 
 def image_with_two_bright_spheres() -> VolumeImage:
