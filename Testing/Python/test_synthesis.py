@@ -124,6 +124,15 @@ def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_
     specs = case_specs(phased.datasets, seed=0)
     assert {s.modality for s in specs if s.contrast_phases} == {"CT"}
     assert not any(s.contrast_phases for s in case_specs(plain.datasets, seed=0))
+    from dataclasses import replace
+
+    from DuPLUSLib.training.synthetic import load_synthetic_case
+
+    phased_ct = next(s for s in specs if s.contrast_phases)
+    with_phases, masks = load_synthetic_case(phased_ct)
+    without, masks_without = load_synthetic_case(replace(phased_ct, contrast_phases=False))
+    assert all(np.array_equal(masks[k], masks_without[k]) for k in masks)  # the same anatomy, painted otherwise
+    assert not np.array_equal(with_phases.array, without.array)
     with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised"):
         TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True, "modalities": ["MRI"]}]})
     with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised from a CT"):
