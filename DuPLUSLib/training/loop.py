@@ -228,7 +228,17 @@ def export_checkpoint(
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
     step = json.loads((run_dir / "checkpoint" / "state.json").read_text(encoding="utf-8"))["step"]
     settings = InferenceSettings.from_dict(config.inference)
-    return _save_model(Path(output), config, network_config, settings, encoder_entry, codes, ema, step, float("nan"))
+    seconds = _seconds_at_step(run_dir / "metrics.csv", step)
+    return _save_model(Path(output), config, network_config, settings, encoder_entry, codes, ema, step, seconds)
+
+
+def _seconds_at_step(metrics: Path, step: int) -> float:
+    """The training time ``metrics.csv`` logged at ``step`` (NaN if it logged none there), so a
+    finished run exported again, say with post-processing added, keeps its training time."""
+    if not metrics.is_file():
+        return float("nan")
+    rows = [line.split(",") for line in metrics.read_text(encoding="utf-8").splitlines()[1:] if line]
+    return next((float(row[-1]) for row in reversed(rows) if row[0] == str(step)), float("nan"))
 
 
 def _warm_start(network: DuPLUSNet, model_dir: str) -> None:

@@ -196,6 +196,10 @@ def test_a_run_trains_and_exports_from_a_prompt_table_without_the_text_encoder(t
     saved = PromptEmbeddings.load(table)
     codes = load_bundle(exported).embeddings
     torch.testing.assert_close(codes.get(codes.texts), saved.get(codes.texts))
+    finished = json.loads((tmp_path / "run" / "model" / "config.json").read_text(encoding="utf-8"))["training"]
+    again = json.loads((exported / "config.json").read_text(encoding="utf-8"))["training"]
+    logged = float((tmp_path / "run" / "metrics.csv").read_text(encoding="utf-8").splitlines()[-1].split(",")[-1])
+    assert again["steps"] == finished["steps"] == 2 and again["seconds"] == logged  # a finished run keeps its time
 
 
 # --------------------------------------------------------------------------------------- resume
