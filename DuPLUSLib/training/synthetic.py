@@ -7,6 +7,7 @@ structure of the mapping fails at once; each worker process then loads its label
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,6 +33,12 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
         from .decathlon import load_mapping, read_dataset_json
 
         mapping = load_mapping(dataset.mapping, ontology)  # type: ignore[arg-type]
+        if dataset.contrast_phases and mapping.ignore and not mapping.unannotated:
+            warnings.warn(
+                f"synth dataset {index}: mapping '{dataset.mapping}' names none of its ignored values, so with "
+                "contrast_phases they are painted as tissue by their HU (an unannotated artery stays dark in the "
+                "arterial phase); name them under 'unannotated' (duplus data get writes them for its datasets)",
+                UserWarning, stacklevel=2)
         entries = read_dataset_json(dataset.path)  # type: ignore[arg-type]
         sources = [(entry.name, mapping.region, str(Path(dataset.path).resolve()),  # type: ignore[arg-type]
                     str(Path(dataset.mapping).resolve()), entry.index, list(mapping.structures))  # type: ignore[arg-type]

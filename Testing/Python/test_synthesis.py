@@ -3,6 +3,8 @@ modality, and a training run on synthesised cases that learns."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,21 @@ def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_
     assert not np.array_equal(with_phases.array, without.array)
     with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised"):
         TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True, "modalities": ["MRI"]}]})
+    mapping = json.loads((data / "mapping.json").read_text(encoding="utf-8"))
+    if mapping.get("ignore") and not mapping.get("unannotated"):
+        with pytest.warns(UserWarning, match="names none of its ignored values"):
+            case_specs(phased.datasets, seed=0)
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps(mapping | {"ignore": [9]}), encoding="utf-8")
+    with pytest.warns(UserWarning, match="unnamed.json' names none of its ignored values"):
+        case_specs(TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True,
+                                                                                 "mapping": str(unnamed)}]}).datasets, seed=0)
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps(mapping | {"ignore": [9], "unannotated": {"aorta": [9]}}), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        case_specs(TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True,
+                                                                                 "mapping": str(named)}]}).datasets, seed=0)
     with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised from a CT"):
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "synth", "source": "mni152", "modalities": ["CT"],
                                                              "contrast_phases": True}]})
