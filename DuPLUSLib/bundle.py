@@ -57,6 +57,10 @@ class InferenceSettings:
     largest_component: tuple[str, ...] = ()  # structures kept as their largest connected part (postprocessing.py)
     normalisation: dict[str, IntensityNormalisation] = field(default_factory=lambda: dict(DEFAULT_NORMALISATION))
 
+    def unknown_structures(self, ontology: Ontology) -> list[str]:
+        """The names in ``largest_component`` that are no structure of ``ontology``."""
+        return [key for key in self.largest_component if key not in ontology.structures]
+
     def to_dict(self) -> dict:
         values = asdict(self)
         values["normalisation"] = {m: n.to_dict() for m, n in self.normalisation.items()}
@@ -228,7 +232,7 @@ def load_bundle(folder: str | os.PathLike[str] | None = None, device: str | torc
             f"model '{folder}' was trained with ontology {config.ontology_version}; "
             f"this library has {ontology.version}"
         )
-    unknown = [key for key in config.inference.largest_component if key not in ontology.structures]
+    unknown = config.inference.unknown_structures(ontology)
     if unknown:
         raise ModelBundleError(
             f"model '{folder}': config.json's inference.largest_component names no structure of the ontology: "

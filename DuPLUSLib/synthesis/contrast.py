@@ -105,7 +105,8 @@ def _bias_field(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
 
 
 def _ct(source: SourceLabelMap, labels, spacing, rng, contrast_phases: bool) -> np.ndarray:
-    """Each label at its real median HU, moved by a per-case contrast shift (enhancing tissues more)."""
+    """Each label at its real median HU, moved by a per-case contrast shift (enhancing tissues more),
+    or, with ``contrast_phases``, at its HU in a drawn phase (:func:`_phase_means`)."""
     if contrast_phases:
         means, spreads = _phase_means(source, rng)
     else:

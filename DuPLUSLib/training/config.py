@@ -208,7 +208,7 @@ def _check_sections(config: TrainingConfig) -> None:
         raise ConfigError(f"inference: {error}") from None
     from ..ontology import load_ontology
 
-    unknown = [key for key in settings.largest_component if key not in load_ontology().structures]
+    unknown = settings.unknown_structures(load_ontology())
     if unknown:  # found now, not when the trained bundle is first loaded
         raise ConfigError(f"inference.largest_component: no structure of the ontology is called {', '.join(unknown)}")
 

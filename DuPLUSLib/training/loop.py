@@ -235,10 +235,8 @@ def export_checkpoint(
 def _seconds_at_step(metrics: Path, step: int) -> float:
     """The training time ``metrics.csv`` logged at ``step`` (NaN if it logged none there), so a
     finished run exported again, say with post-processing added, keeps its training time."""
-    if not metrics.is_file():
-        return float("nan")
-    rows = [line.split(",") for line in metrics.read_text(encoding="utf-8").splitlines()[1:] if line]
-    return next((float(row[-1]) for row in reversed(rows) if row[0] == str(step)), float("nan"))
+    rows = _MetricsLog.rows_up_to(metrics, step)
+    return float(rows[-1][-1]) if rows and int(rows[-1][0]) == step else float("nan")
 
 
 def _warm_start(network: DuPLUSNet, model_dir: str) -> None:
@@ -443,13 +441,20 @@ class _MetricsLog:
         self.path = path
         self.seconds_before = 0.0
         rows: list[list[str]] = []
-        if path.exists() and resume_step > 0:
-            with path.open(newline="", encoding="utf-8") as handle:
-                rows = [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= resume_step]
+        if resume_step > 0:
+            rows = self.rows_up_to(path, resume_step)
             self.seconds_before = float(rows[-1][-1]) if rows else 0.0
         if not path.exists() or resume_step > 0:
             with path.open("w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerows([self.HEADER, *rows])
+
+    @staticmethod
+    def rows_up_to(path: Path, step: int) -> list[list[str]]:
+        """The logged rows of steps up to ``step`` (none when there is no log yet)."""
+        if not path.exists():
+            return []
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [row for row in list(csv.reader(handle))[1:] if row and int(row[0]) <= step]
 
     def write(self, step: int, loss: float, parts: dict[str, float], lr: float, seconds: float) -> None:
         seconds += self.seconds_before
