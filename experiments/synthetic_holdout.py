@@ -6,10 +6,13 @@ see the source of but never saw itself: the training CT's label maps deformed, r
 and painted with seeds no training case used, as CT and as MRI (``seed >= 90000``). Their limit:
 one patient's anatomy, so they measure robustness to pose, shape, field of view and contrast, not
 to other patients. ``--contrast-phases`` writes CT sets (``ct_REGION_phases``) whose cases draw a
-native, arterial or portal-venous phase, as training with ``contrast_phases: true`` does.
+native, arterial or portal-venous phase, as training with ``contrast_phases: true`` does;
+``--in-plane-crops`` writes ``_fov`` sets in which every case has an in-plane field of view narrower
+than the body, of the widths training with ``in_plane_crops: true`` draws for some of its cases.
 
     python experiments/synthetic_holdout.py --data data/ts-example-ct -o runs/synthetic_holdout
     python experiments/synthetic_holdout.py --data data/ts-example-ct --contrast-phases -o runs/synthetic_holdout
+    python experiments/synthetic_holdout.py --data data/ts-example-ct --in-plane-crops -o runs/synthetic_holdout
     duplus evaluate --model DIR --data runs/synthetic_holdout/ct_abdomen -o ct.json --markdown ct.md
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="the training CT's Decathlon folder (duplus data get)")
     parser.add_argument("--cases", type=int, default=3, help="cases per modality and region")
     parser.add_argument("--contrast-phases", action="store_true", help="CT only, in drawn contrast phases")
+    parser.add_argument("--in-plane-crops", action="store_true", help="every case with a narrower in-plane field of view")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
     from DuPLUSLib.ontology import load_ontology
@@ -39,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ontology = load_ontology()
     data = Path(args.data).resolve()
-    settings = SynthesisSettings(contrast_phases=args.contrast_phases)
-    suffix = "_phases" if args.contrast_phases else ""
+    settings = SynthesisSettings(contrast_phases=args.contrast_phases, in_plane_crops=args.in_plane_crops)
+    if args.in_plane_crops:
+        settings = replace(settings, spatial=replace(settings.spatial, in_plane_probability=1.0))
+    suffix = ("_phases" if args.contrast_phases else "") + ("_fov" if args.in_plane_crops else "")
     for modality in ("CT",) if args.contrast_phases else ("CT", "MRI"):
         for mapping in sorted(data.glob("mapping_ct_*.json")):
             region = json.loads(mapping.read_text(encoding="utf-8"))["region"]

@@ -9,7 +9,7 @@ import numpy as np
 from ..imageio import VolumeImage
 from .contrast import paint
 from .labelmap import SourceLabelMap
-from .spatial import SpatialSettings, crop_field_of_view, deform_labels, grow_or_shrink_labels
+from .spatial import SpatialSettings, crop_field_of_view, crop_in_plane, deform_labels, grow_or_shrink_labels
 
 __all__ = ["SynthesisSettings", "synthesise"]
 
@@ -18,6 +18,7 @@ __all__ = ["SynthesisSettings", "synthesise"]
 class SynthesisSettings:
     spatial: SpatialSettings = field(default_factory=SpatialSettings)
     contrast_phases: bool = False  # CT: native, arterial or portal-venous per case (see ``contrast.paint``)
+    in_plane_crops: bool = False  # some cases get an in-plane field of view that cuts the body (``crop_in_plane``)
 
 
 def synthesise(
@@ -41,6 +42,8 @@ def synthesise(
     resized = grow_or_shrink_labels(labels.array, annotated_values, background, rng, settings.spatial.organ_resize_probability)
     labels = labels.with_array(resized)
     labels = crop_field_of_view(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
+    if settings.in_plane_crops:  # drawn only when on, so the cases of recipes without it stay as they were
+        labels = crop_in_plane(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
     spacing_kji = np.array(labels.spacing)[::-1]
     image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng, contrast_phases=settings.contrast_phases)
     masks = {key: np.isin(labels.array, source.structures[key]) for key in keys}

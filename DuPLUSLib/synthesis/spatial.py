@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from ..imageio import VolumeImage
 
-__all__ = ["SpatialSettings", "deform_labels", "grow_or_shrink_labels", "crop_field_of_view"]
+__all__ = ["SpatialSettings", "deform_labels", "grow_or_shrink_labels", "crop_field_of_view", "crop_in_plane"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class SpatialSettings:
     slab_probability: float = 0.25  # a thin slab instead of the whole scan
     slab_mm: tuple[float, float] = (40.0, 100.0)
     partial_probability: float = 0.5  # otherwise, keep a random 50-100 % of the scan's length
+    in_plane_probability: float = 0.4  # with in-plane crops on: a reconstruction field of view that cuts the body
+    in_plane_mm: tuple[float, float] = (160.0, 360.0)  # its width along each in-plane axis
 
 
 def deform_labels(labels: VolumeImage, rng: np.random.Generator, settings: SpatialSettings, fill: int) -> VolumeImage:
@@ -116,6 +118,30 @@ def crop_field_of_view(
     centre = int(rng.choice(hits)) if hits.size else depth // 2
     start = int(np.clip(centre - length // 2, 0, depth - length))
     return crop(labels, (slice(start, start + length), slice(None), slice(None)))
+
+
+def crop_in_plane(
+    labels: VolumeImage, focus: np.ndarray, rng: np.random.Generator, settings: SpatialSettings
+) -> VolumeImage:
+    """A smaller in-plane field of view around a point of ``focus``, drawn per axis (i and j).
+
+    Real scans are often reconstructed or acquired over less than the body's width: a cardiac CT
+    angiogram at 200-250 mm, an abdominal MRI whose field of view cuts the flanks and arms. The
+    body then ends at the image edge, and the sliding window sees air (the volume's minimum)
+    beyond it. Slab crops along k never show that; this does.
+    """
+    if rng.random() >= settings.in_plane_probability:
+        return labels
+    widths_mm = rng.uniform(*settings.in_plane_mm, size=2)  # along j, then i
+    hits = np.argwhere(focus)
+    centre = hits[rng.integers(len(hits))] if len(hits) else np.array(labels.array.shape) // 2
+    region: list[slice] = [slice(None)]
+    for axis, (width_mm, spacing_mm) in enumerate(zip(widths_mm, (labels.spacing[1], labels.spacing[0])), start=1):
+        size = labels.array.shape[axis]
+        length = int(np.clip(round(width_mm / spacing_mm), 4, size))
+        start = int(np.clip(centre[axis] - length // 2, 0, size - length))
+        region.append(slice(start, start + length))
+    return crop(labels, tuple(region))  # type: ignore[arg-type]
 
 
 def crop(image: VolumeImage, region: tuple[slice, slice, slice]) -> VolumeImage:

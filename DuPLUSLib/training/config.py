@@ -62,6 +62,7 @@ class DatasetSpec:
     modalities: list[str] | None = None  # synth only: the modalities to synthesise (default: CT, MRI, PET, US)
     source: str | None = None  # synth only: "mni152" instead of a Decathlon folder
     contrast_phases: bool = False  # synth only: CT cases in a drawn native, arterial or portal-venous phase
+    in_plane_crops: bool = False  # synth only: some cases get an in-plane field of view that cuts the body
 
     def __post_init__(self) -> None:
         if self.kind not in ("phantom", "mni152", "decathlon", "synth"):
@@ -79,8 +80,10 @@ class DatasetSpec:
             if self.contrast_phases and (self.source == "mni152" or "CT" not in (self.modalities or ["CT"])):
                 raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
                                   "add CT to 'modalities' or drop contrast_phases")
-        elif self.contrast_phases:
-            raise ConfigError(f"contrast_phases applies to synth datasets only, not to a {self.kind} dataset")
+        else:
+            for option in ("contrast_phases", "in_plane_crops"):
+                if getattr(self, option):
+                    raise ConfigError(f"{option} applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 
@@ -102,6 +105,7 @@ class CaseSpec:
     domain_shift: tuple[tuple[str, float], ...] = ()
     entry: int = 0  # synth: which case of the Decathlon folder gives the label map
     contrast_phases: bool = False  # synth CT: draw the contrast phase
+    in_plane_crops: bool = False  # synth: draw an in-plane field of view
 
 
 @dataclass
@@ -189,9 +193,14 @@ class TrainingConfig:
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
         for dataset in values["datasets"]:
-            if not dataset["contrast_phases"]:
-                dataset.pop("contrast_phases")
+            for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
+                if not dataset[option]:
+                    dataset.pop(option)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
+_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops")
 
 
 def _check_sections(config: TrainingConfig) -> None:

@@ -55,7 +55,8 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
                 case_seed = seed * 100_003 + dataset.seed_offset + case
                 specs.append(CaseSpec(f"d{index}-synth-{name}-{modality}-{case_seed}", index, "synth", modality,
                                       region, case_seed, path=path, mapping=mapping_path, entry=entry,
-                                      contrast_phases=dataset.contrast_phases and modality == "CT"))
+                                      contrast_phases=dataset.contrast_phases and modality == "CT",
+                                      in_plane_crops=dataset.in_plane_crops))
     return specs
 
 
@@ -66,7 +67,8 @@ def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarr
     source = _source(spec.path, spec.mapping, spec.entry)
     wanted = set(load_ontology().structures_of(spec.modality, spec.region))
     structures = [key for key in source.structures if key in wanted]
-    return synthesise(source, spec.modality, spec.seed, structures, SynthesisSettings(contrast_phases=spec.contrast_phases))
+    settings = SynthesisSettings(contrast_phases=spec.contrast_phases, in_plane_crops=spec.in_plane_crops)
+    return synthesise(source, spec.modality, spec.seed, structures, settings)
 
 
 @lru_cache(maxsize=4)

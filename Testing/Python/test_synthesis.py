@@ -159,6 +159,43 @@ def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "contrast_phases": True}]})
 
 
+def test_in_plane_crops_narrow_the_field_of_view_around_the_anatomy_and_keep_images_and_masks_aligned(source):
+    """A drawn in-plane field of view cuts the body at the image edge (a cardiac CT's 200 mm, an MRI
+    that cuts the flanks). The crop keeps the geometry: the painted tumour stays where its mask is,
+    and its world position (origin) moves with the first kept voxel. Off, cases are as before."""
+    from dataclasses import replace
+
+    narrow = replace(SynthesisSettings().spatial, in_plane_probability=1.0, in_plane_mm=(30.0, 45.0),
+                     slab_probability=0.0, partial_probability=0.0)
+    full = replace(narrow, in_plane_probability=0.0)
+    cropped, masks = synthesise(source, "CT", 7, settings=SynthesisSettings(spatial=narrow, in_plane_crops=True))
+    whole, whole_masks = synthesise(source, "CT", 7, settings=SynthesisSettings(spatial=full, in_plane_crops=True))
+    assert cropped.array.shape[0] == whole.array.shape[0]  # the slices are all kept
+    assert all(c < w for c, w in zip(cropped.array.shape[1:], whole.array.shape[1:]))
+    assert all(10 <= n <= 15 for n in cropped.array.shape[1:])  # 30-45 mm at 3 mm
+    assert masks["liver"].any()  # centred on the anatomy
+    assert float(np.median(cropped.array[masks["liver_tumour"]])) > float(np.median(cropped.array[~masks["liver"]])) + 200
+    first = np.argwhere(masks["liver"])[0]  # the same anatomy lies at the same world point in both
+    world = cropped.ijk_to_lps @ np.array([first[2], first[1], first[0], 1.0])
+    k, j, i = np.round(np.linalg.solve(whole.ijk_to_lps, world)[:3][::-1]).astype(int)
+    assert whole_masks["liver"][k, j, i]
+    off, _ = synthesise(source, "CT", 7, settings=SynthesisSettings(spatial=narrow))
+    assert off.array.shape == whole.array.shape  # off, nothing is cropped in-plane, whatever the probability
+
+
+def test_in_plane_crops_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path):
+    data = write_toy_dataset(tmp_path / "Task99_Toy", cases=1)
+    dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 2,
+               "modalities": ["CT", "MRI"]}
+    plain = TrainingConfig.from_dict({"name": "s", "datasets": [dataset]})
+    explicit = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"in_plane_crops": False}]})
+    cropped = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"in_plane_crops": True}]})
+    assert plain.fingerprint() == explicit.fingerprint() != cropped.fingerprint()
+    assert all(s.in_plane_crops for s in case_specs(cropped.datasets, seed=0))
+    with pytest.raises(ConfigError, match="in_plane_crops applies to synth datasets only"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "in_plane_crops": True}]})
+
+
 def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
     data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2)
     dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
