@@ -121,9 +121,11 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # ELU in place: its inputs are fresh normalised tensors that nothing else holds, and on
+        # CPU a new tensor per ELU cost as much as the ELU itself (backward uses ELU's output).
         h = self.norm1(x) if self.conditioning is None else self.conditioning(x, self.norm1, context)
-        h = self.conv1(F.elu(h))
-        h = self.conv2(F.elu(self.norm2(h)))
+        h = self.conv1(F.elu(h, inplace=True))
+        h = self.conv2(F.elu(self.norm2(h), inplace=True))
         return h + self.skip(x)
 
 
@@ -220,7 +222,7 @@ class TargetPromptHead(nn.Module):
             for index, (weight, bias) in enumerate(layers):
                 out = torch.matmul(weight, out) + bias
                 if index < len(layers) - 1:
-                    out = F.elu(_unit_variance_over_channels(out) if self.normalise else out)
+                    out = F.elu(_unit_variance_over_channels(out), inplace=True) if self.normalise else F.elu(out)
             pieces.append(out[:, :, 0])
         out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)  # [B, N, V]
         return out.reshape(batch, n_prompts, *spatial)
