@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import math
 import time
 from dataclasses import dataclass, field
@@ -291,7 +292,12 @@ def _run_finetune(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     written = save_result(result, output)
+    inherited = list(bundle.config.inference.largest_component)
+    if inherited:  # chosen on the base model's validation data, not on these cases: say so
+        print(f"note: the {'model' if args.full else 'adapted model'} keeps the base model's post-processing: only the "
+              f"largest part of {', '.join(inherited)}. It was chosen for the base model; to choose it for the new data, "
+              "run experiments/choose_postprocessing.py on held-out cases of it.", file=sys.stderr)
     print(json.dumps({"output": str(written), "kind": "model" if args.full else "adapter", "cases": len(cases),
                       "steps": settings.steps, "final_loss": round(result.losses[-1], 4),
-                      "seconds": round(result.seconds, 1), **result.trainable}))
+                      "seconds": round(result.seconds, 1), "largest_component": inherited, **result.trainable}))
     return 0

@@ -223,6 +223,26 @@ def test_duplus_finetune_then_evaluate_with_the_adapter(setup, tmp_path):
     assert main(["finetune", "--model", str(base_dir), "--data", str(data), "--steps", "1", "-o", str(adapter)]) == 2
 
 
+def test_duplus_finetune_says_that_the_base_models_post_processing_is_inherited(setup, tmp_path, capsys):
+    """An adapted model keeps its base's largest_component list (applied by the base bundle's
+    settings); the command says so, and names the structures, rather than leave it implicit."""
+    from DuPLUSLib.cli import main
+
+    _, base_dir, data, *_ = setup
+    base = load_bundle(base_dir)
+    base.config.inference.largest_component = ("liver",)
+    with_post = base.save(tmp_path / "base_with_post")
+    assert main(["finetune", "--model", str(with_post), "--data", str(data), "--lora-rank", "2", "--steps", "1",
+                 "-o", str(tmp_path / "adapter"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["largest_component"] == ["liver"]
+    assert "keeps the base model's post-processing: only the largest part of liver" in err
+    assert main(["finetune", "--model", str(base_dir), "--data", str(data), "--lora-rank", "2", "--steps", "1",
+                 "-o", str(tmp_path / "plain"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["largest_component"] == [] and "post-processing" not in err
+
+
 def test_new_centre_phantoms_become_fine_tuning_cases(setup):
     _, base_dir, *_ = setup
     source = parse_data_spec("phantom:CT/abdomen:seeds=2000-2001:spacing=8:intensity_scale=1.2:noise=2")
