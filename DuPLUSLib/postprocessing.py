@@ -28,7 +28,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
     labeller = sitk.ConnectedComponentImageFilter()
     labeller.SetFullyConnected(True)  # parts touching at an edge or a corner are one part
-    labelled = labeller.Execute(sitk.GetImageFromArray(mask.astype(np.uint8)))
+    labelled = labeller.Execute(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=bool).view(np.uint8)))
     parts = sitk.GetArrayViewFromImage(labelled)  # a view: valid while ``labelled`` lives
     if labeller.GetObjectCount() <= 1:
         return mask.astype(bool, copy=False)

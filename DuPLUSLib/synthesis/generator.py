@@ -42,8 +42,9 @@ def synthesise(
     resized = grow_or_shrink_labels(labels.array, annotated_values, background, rng, settings.spatial.organ_resize_probability)
     labels = labels.with_array(resized)
     labels = crop_field_of_view(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
-    if settings.in_plane_crops:  # drawn only when on, so the cases of recipes without it stay as they were
-        labels = crop_in_plane(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
+    if settings.in_plane_crops:  # its own random stream: every other draw of the case is the one it has without
+        crop_rng = np.random.default_rng([seed, _modality_index(modality), 1])
+        labels = crop_in_plane(labels, np.isin(labels.array, annotated_values), crop_rng, settings.spatial)
     spacing_kji = np.array(labels.spacing)[::-1]
     image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng, contrast_phases=settings.contrast_phases)
     masks = {key: np.isin(labels.array, source.structures[key]) for key in keys}

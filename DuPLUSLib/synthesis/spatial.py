@@ -133,11 +133,12 @@ def crop_in_plane(
     if rng.random() >= settings.in_plane_probability:
         return labels
     widths_mm = rng.uniform(*settings.in_plane_mm, size=2)  # along j, then i
-    hits = np.argwhere(focus)
-    centre = hits[rng.integers(len(hits))] if len(hits) else np.array(labels.array.shape) // 2
+    hits = np.flatnonzero(focus)
+    shape = labels.array.shape
+    centre = np.unravel_index(hits[rng.integers(len(hits))], shape) if hits.size else tuple(n // 2 for n in shape)
     region: list[slice] = [slice(None)]
     for axis, (width_mm, spacing_mm) in enumerate(zip(widths_mm, (labels.spacing[1], labels.spacing[0])), start=1):
-        size = labels.array.shape[axis]
+        size = shape[axis]
         length = int(np.clip(round(width_mm / spacing_mm), 4, size))
         start = int(np.clip(centre[axis] - length // 2, 0, size - length))
         region.append(slice(start, start + length))

@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

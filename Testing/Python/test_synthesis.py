@@ -174,13 +174,17 @@ def test_in_plane_crops_narrow_the_field_of_view_around_the_anatomy_and_keep_ima
     assert all(c < w for c, w in zip(cropped.array.shape[1:], whole.array.shape[1:]))
     assert all(10 <= n <= 15 for n in cropped.array.shape[1:])  # 30-45 mm at 3 mm
     assert masks["liver"].any()  # centred on the anatomy
+    assert masks["liver_tumour"].sum() >= 5, "this seed's crop should keep some of the tumour"
     assert float(np.median(cropped.array[masks["liver_tumour"]])) > float(np.median(cropped.array[~masks["liver"]])) + 200
     first = np.argwhere(masks["liver"])[0]  # the same anatomy lies at the same world point in both
     world = cropped.ijk_to_lps @ np.array([first[2], first[1], first[0], 1.0])
     k, j, i = np.round(np.linalg.solve(whole.ijk_to_lps, world)[:3][::-1]).astype(int)
     assert whole_masks["liver"][k, j, i]
-    off, _ = synthesise(source, "CT", 7, settings=SynthesisSettings(spatial=narrow))
+    off, off_masks = synthesise(source, "CT", 7, settings=SynthesisSettings(spatial=narrow))
     assert off.array.shape == whole.array.shape  # off, nothing is cropped in-plane, whatever the probability
+    # the crop draws from its own stream: a case it leaves whole is the very case made without the option
+    assert np.array_equal(off.array, whole.array)
+    assert all(np.array_equal(off_masks[key], whole_masks[key]) for key in off_masks)
 
 
 def test_in_plane_crops_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path):
