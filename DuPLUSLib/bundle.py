@@ -161,7 +161,7 @@ class ModelBundle:
     # ------------------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike[str], card: str | None = None) -> Path:
         """Write the bundle; the sha256 of each file goes into config.json."""
-        from safetensors.torch import save_file
+        from .imageio import save_tensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ class ModelBundle:
             name: (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous().cpu()
             for name, tensor in self.network.state_dict().items()
         }
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+        save_tensors(state, folder / WEIGHTS_FILE, metadata={"format": BUNDLE_FORMAT})
         self.embeddings.save(folder / EMBEDDINGS_FILE)
         self.config.files = {
             "weights": {"path": WEIGHTS_FILE, "sha256": sha256_of(folder / WEIGHTS_FILE)},

@@ -29,6 +29,8 @@ __all__ = [
     "VolumeImage",
     "atomic_output",
     "check_output_path",
+    "give_normal_rights",
+    "save_tensors",
     "read_image",
     "read_segmentation",
     "write_image",
@@ -319,7 +321,7 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = True) -> Itera
     temporary_path = Path(temporary)
     try:
         yield temporary_path
-        os.chmod(temporary_path, 0o666 & ~_current_umask())  # mkstemp makes 0600; give normal rights
+        give_normal_rights(temporary_path)  # mkstemp makes 0600
         _move_into_place(temporary_path, path, overwrite)
     except BaseException as error:
         temporary_path.unlink(missing_ok=True)
@@ -346,6 +348,23 @@ def _move_into_place(temporary: Path, path: Path, overwrite: bool) -> None:
         os.replace(temporary, path)
         return
     temporary.unlink()
+
+
+def give_normal_rights(path: str | os.PathLike[str]) -> None:
+    """The rights a plain new file or folder gets under the user's umask (0644 / 0755 under 022).
+
+    ``mkstemp``, ``mkdtemp`` and safetensors all make owner-only files (0600 / 0700); a model folder
+    on a shared disk must be readable by the colleagues it is shared with, as any file they write.
+    """
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_current_umask())
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` with normal rights: it writes 0600 whatever the umask."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    give_normal_rights(path)
 
 
 def _current_umask() -> int:

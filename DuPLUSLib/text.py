@@ -154,13 +154,9 @@ class PromptEmbeddings:
 
     # ------------------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
-        from safetensors.torch import save_file
+        from .imageio import save_tensors
 
-        save_file(
-            {"embeddings": self._vectors.contiguous()},
-            str(path),
-            metadata={"texts": json.dumps(self.texts)},
-        )
+        save_tensors({"embeddings": self._vectors.contiguous()}, path, metadata={"texts": json.dumps(self.texts)})
 
     @classmethod
     def load(

@@ -188,6 +188,8 @@ class PrognosisBundle:
         """Write the folder atomically: into a sibling temporary folder, then renamed into place."""
         from safetensors.torch import save_file
 
+        from ..imageio import give_normal_rights
+
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()) and not overwrite:
             raise OutputPathError(f"model folder '{folder}' exists and is not empty; choose another or pass --overwrite")
@@ -217,11 +219,8 @@ class PrognosisBundle:
                 for child in folder.iterdir():
                     child.unlink()
                 folder.rmdir()
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes 0700; a shared model folder needs normal rights
-            for child in staging.iterdir():
-                os.chmod(child, 0o666 & ~mask)
+            for path in (staging, *staging.iterdir()):  # mkdtemp and safetensors make owner-only ones
+                give_normal_rights(path)
             staging.rename(folder)
         except BaseException:
             for child in staging.iterdir():

@@ -198,7 +198,7 @@ def save_adapter(
     embeddings: PromptEmbeddings | None = None,
 ) -> Path:
     """Write ``adapter.safetensors`` and ``adapter.json`` (with the weights' sha256) into ``folder``."""
-    from safetensors.torch import save_file
+    from ..imageio import save_tensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def save_adapter(
         tensors[EMBEDDINGS_KEY] = embeddings.get(embeddings.texts).contiguous()
         metadata["texts"] = json.dumps(embeddings.texts)
     partial = folder / (ADAPTER_WEIGHTS + ".partial")
-    save_file(tensors, str(partial), metadata=metadata)
+    save_tensors(tensors, partial, metadata=metadata)
     os.replace(partial, folder / ADAPTER_WEIGHTS)
     info.files = {"weights": {"path": ADAPTER_WEIGHTS, "sha256": sha256_of(folder / ADAPTER_WEIGHTS)}}
     (folder / ADAPTER_CONFIG).write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -338,7 +338,7 @@ def _claim_run_folder(
 
 
 def _save_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSampler, step: int) -> None:
-    from safetensors.torch import save_file
+    from ..imageio import save_tensors
 
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
     tensors |= {f"ema.{k}": v.contiguous().cpu() for k, v in ema.items()}
@@ -347,7 +347,7 @@ def _save_checkpoint(folder: Path, network, ema, optimiser, sampler: PatchSample
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).contiguous().cpu()
     tensors["rng.torch"] = torch.get_rng_state()
     partial = _partial_of(folder)
-    save_file(tensors, str(partial / "state.safetensors"))
+    save_tensors(tensors, partial / "state.safetensors")
     (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler.state()}), encoding="utf-8")
     _swap_in(partial, folder)
 

@@ -26,6 +26,19 @@ def saved(tmp_path) -> tuple[Path, torch.nn.Module]:
     return folder, network
 
 
+def test_a_saved_model_folder_is_readable_by_those_it_is_shared_with(saved):
+    """safetensors writes its files owner-only (0600) whatever the umask; a model folder on a
+    shared disk must get the rights any new file gets, as the JSON beside it does."""
+    import os
+    import stat
+
+    folder, _ = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "prompt_embeddings.safetensors", "config.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
+
+
 def edit_config(folder: Path, **changes) -> None:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config.update(changes)
