@@ -171,6 +171,9 @@ def item_conditioning(network, repeats) -> dict:
 
     config = network.config
     plain = DuPLUSNet(type(config)(**{**config.to_dict(), "conditioning": "none"})).eval()
+    # what the DynUNet comparison costs in depth: the same network with one residual block per
+    # encoder level, as DynUNet has (untrained: only its speed is measured)
+    shallow = DuPLUSNet(type(config)(**{**config.to_dict(), "encoder_blocks": 1})).eval()
     channels = list(config.channels)
     dynunet = DynUNet(3, 1, 10, kernel_size=[3] * len(channels), strides=[1] + [2] * (len(channels) - 1),
                       upsample_kernel_size=[2] * (len(channels) - 1), filters=channels, res_block=True).eval()
@@ -182,12 +185,15 @@ def item_conditioning(network, repeats) -> dict:
             "duplus": lambda: network(x, "CT", context, targets),
             "unconditioned": lambda: plain.head(plain.forward_features(x, "CT", context), targets),
             "backbone_only": lambda: plain.forward_features(x, "CT", context),
+            "shallow": lambda: shallow(x, "CT", context, targets),
+            "shallow_backbone": lambda: shallow.forward_features(x, "CT", context),
             "monai": lambda: dynunet(x),
         }, rounds=3 * repeats)
     duplus, backbone_only, monai = seconds["duplus"], seconds["backbone_only"], seconds["monai"]
     return {
         "duplus_s": duplus, "same_net_no_context_s": seconds["unconditioned"], "backbone_no_prompts_s": backbone_only,
         "monai_dynunet_s": monai, "rounds": 3 * repeats,
+        "one_encoder_block_s": seconds["shallow"], "one_encoder_block_backbone_s": seconds["shallow_backbone"],
         "ratio_vs_no_prompts": duplus / backbone_only, "ratio_vs_dynunet": duplus / monai,
         "goal": "<= 1.15 x the same network without prompts", "met": duplus / backbone_only <= 1.15,
     }
@@ -347,14 +353,21 @@ def markdown(results: dict) -> str:
     if "3" in r:
         c = r["3"]
         lines += ["## 3. Cost of conditioning (one model window, 10 prompts)", "",
-                  f"Medians of {c.get('rounds', results['repeats'])} rounds, the four networks timed in turns.", "",
+                  f"Medians of {c.get('rounds', results['repeats'])} rounds, the networks timed in turns.", "",
                   "| network | seconds |", "|---|---:|",
                   f"| DuPLUS (FiLM context + dynamic head) | {c['duplus_s']:.3f} |",
                   f"| same network, no context conditioning | {c['same_net_no_context_s']:.3f} |",
                   f"| same backbone, no prompts at all | {c['backbone_no_prompts_s']:.3f} |",
-                  f"| MONAI DynUNet, same filters, one residual block per level (ours: two in the encoder) | {c['monai_dynunet_s']:.3f} |", "",
-                  f"DuPLUS / no prompts: {c['ratio_vs_no_prompts']:.2f}x; DuPLUS / DynUNet: {c['ratio_vs_dynunet']:.2f}x. "
-                  f"Goal {c['goal']}: {'met' if c['met'] else 'missed'}.", ""]
+                  f"| MONAI DynUNet, same filters, one residual block per level (ours: two in the encoder) | {c['monai_dynunet_s']:.3f} |"]
+        if "one_encoder_block_s" in c:
+            lines += [f"| DuPLUS with one residual block per encoder level (untrained; speed only) | {c['one_encoder_block_s']:.3f} |",
+                      f"| its backbone alone, no prompts | {c['one_encoder_block_backbone_s']:.3f} |"]
+        lines += ["", f"DuPLUS / no prompts: {c['ratio_vs_no_prompts']:.2f}x; DuPLUS / DynUNet: {c['ratio_vs_dynunet']:.2f}x. "
+                  f"Goal {c['goal']}: {'met' if c['met'] else 'missed'}."]
+        if "one_encoder_block_s" in c:
+            lines += ["", f"With one encoder block per level, as DynUNet: {c['one_encoder_block_s'] / c['monai_dynunet_s']:.2f}x "
+                          f"DynUNet with 10 prompts, {c['one_encoder_block_backbone_s'] / c['monai_dynunet_s']:.2f}x for its backbone alone."]
+        lines += [""]
     if "4" in r:
         w = r["4"]
         lines += ["## 4. Worker: cold start against warm", "", f"Cold (new process, model load): {w['cold_s']:.1f} s; "
