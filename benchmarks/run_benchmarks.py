@@ -9,7 +9,8 @@ machine's cores and torch threads are printed with the table. Items follow issue
 
 1. segmentation time and peak RSS for three volume sizes (10 structures), and the slope against voxels
 2. one backbone pass for 1, 5 and 20 prompts against the same prompts one pass each
-3. the DuPLUS network against the same network without prompts, and against MONAI's DynUNet
+3. the DuPLUS network against the same network without prompts, with one encoder block per level,
+   and against MONAI's DynUNet: a batch of windows at the inference precision, as the sliding window runs them
 4. end to end through the worker: a cold start against a warm worker
 5. achieved FLOP rate of a forward pass against this machine's measured matrix-multiply peak
 6. a 512 x 512 x 300 CT with 10 structures: wall time and peak RSS against 60 s and 4 GB
@@ -158,6 +159,7 @@ def item_prompts(network, repeats) -> dict:
 
 
 WINDOW = [(96, 96, 96)]  # replaced in main() by the model's own inference window
+WINDOW_BATCH = [1]  # replaced in main() by the model's own window batch
 
 
 def network_patch(network) -> tuple[int, int, int]:
@@ -177,22 +179,34 @@ def item_conditioning(network, repeats) -> dict:
     channels = list(config.channels)
     dynunet = DynUNet(3, 1, 10, kernel_size=[3] * len(channels), strides=[1] + [2] * (len(channels) - 1),
                       upsample_kernel_size=[2] * (len(channels) - 1), filters=channels, res_block=True).eval()
-    x = torch.randn(1, 1, *network_patch(network))
+    from DuPLUSLib.devices import autocast_dtype
+
+    # as the sliding window runs them: a batch of windows, at the precision inference uses
+    x = torch.randn(WINDOW_BATCH[0], 1, *network_patch(network))
     context = torch.randn(config.text_dim)
     targets = torch.randn(10, config.text_dim)
+    precision = autocast_dtype(torch.device("cpu"))
+
+    def as_inference(run: Callable[[], object]) -> Callable[[], object]:
+        def timed() -> None:
+            with torch.autocast("cpu", dtype=precision or torch.float32, enabled=precision is not None):
+                run()
+        return timed
+
     with torch.inference_mode():
-        seconds = interleaved_median_times({
+        seconds = interleaved_median_times({name: as_inference(run) for name, run in {
             "duplus": lambda: network(x, "CT", context, targets),
             "unconditioned": lambda: plain.head(plain.forward_features(x, "CT", context), targets),
             "backbone_only": lambda: plain.forward_features(x, "CT", context),
             "shallow": lambda: shallow(x, "CT", context, targets),
             "shallow_backbone": lambda: shallow.forward_features(x, "CT", context),
             "monai": lambda: dynunet(x),
-        }, rounds=3 * repeats)
+        }.items()}, rounds=3 * repeats)
     duplus, backbone_only, monai = seconds["duplus"], seconds["backbone_only"], seconds["monai"]
     return {
         "duplus_s": duplus, "same_net_no_context_s": seconds["unconditioned"], "backbone_no_prompts_s": backbone_only,
-        "monai_dynunet_s": monai, "rounds": 3 * repeats,
+        "monai_dynunet_s": monai, "rounds": 3 * repeats, "windows": WINDOW_BATCH[0],
+        "precision": str(precision or torch.float32).replace("torch.", ""),
         "one_encoder_block_s": seconds["shallow"], "one_encoder_block_backbone_s": seconds["shallow_backbone"],
         "ratio_vs_no_prompts": duplus / backbone_only, "ratio_vs_dynunet": duplus / monai,
         "goal": "<= 1.15 x the same network without prompts", "met": duplus / backbone_only <= 1.15,
@@ -352,7 +366,9 @@ def markdown(results: dict) -> str:
         lines += ["", f"Goal {r['2']['goal']}: {'met' if r['2']['met'] else 'missed'}.", ""]
     if "3" in r:
         c = r["3"]
-        lines += ["## 3. Cost of conditioning (one model window, 10 prompts)", "",
+        batch = (f"a batch of {c['windows']} model windows at {c['precision']}, as the sliding window runs them"
+                 if "windows" in c else "one model window, fp32")
+        lines += [f"## 3. Cost of conditioning ({batch}; 10 prompts)", "",
                   f"Medians of {c.get('rounds', results['repeats'])} rounds, the networks timed in turns.", "",
                   "| network | seconds |", "|---|---:|",
                   f"| DuPLUS (FiLM context + dynamic head) | {c['duplus_s']:.3f} |",
@@ -422,6 +438,7 @@ def main() -> int:
     bundle = load_model(args.model)
     network = bundle.network.eval()
     WINDOW[0] = tuple(bundle.config.inference.patch_size)
+    WINDOW_BATCH[0] = bundle.config.inference.window_batch
     results = {"machine": machine(), "model": args.model or "bundled default", "repeats": repeats, "items": {}}
     if args.update and Path(args.output).exists():
         earlier = json.loads(Path(args.output).read_text(encoding="utf-8"))
