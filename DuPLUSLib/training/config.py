@@ -41,6 +41,10 @@ def _strict(cls, values: dict[str, Any], where: str):
     return cls(**values)
 
 
+# Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
+_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops")
+
+
 @dataclass
 class DatasetSpec:
     """One source of training cases.
@@ -81,7 +85,7 @@ class DatasetSpec:
                 raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
                                   "add CT to 'modalities' or drop contrast_phases")
         else:
-            for option in ("contrast_phases", "in_plane_crops"):
+            for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
                 if getattr(self, option):
                     raise ConfigError(f"{option} applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
@@ -197,10 +201,6 @@ class TrainingConfig:
                 if not dataset[option]:
                     dataset.pop(option)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
-_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops")
 
 
 def _check_sections(config: TrainingConfig) -> None:

@@ -115,14 +115,21 @@ def test_an_unannotated_artery_is_painted_as_blood_though_its_plain_hu_read_as_s
     assert any(value < 90 for value in artery) and any(value > 190 for value in artery)
 
 
-def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_alone(tmp_path):
+def synth_option_configs(tmp_path: Path, option: str) -> tuple[Path, dict, TrainingConfig, TrainingConfig]:
+    """A toy synth dataset's folder and entry, and its config without and with ``option``; an option
+    added since older runs must leave their fingerprint alone when off, and change it when on."""
     data = write_toy_dataset(tmp_path / "Task99_Toy", cases=1)
     dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 2,
                "modalities": ["CT", "MRI"]}
     plain = TrainingConfig.from_dict({"name": "s", "datasets": [dataset]})
-    explicit = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": False}]})
-    phased = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True}]})
-    assert plain.fingerprint() == explicit.fingerprint() != phased.fingerprint()
+    explicit = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {option: False}]})
+    on = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {option: True}]})
+    assert plain.fingerprint() == explicit.fingerprint() != on.fingerprint()
+    return data, dataset, plain, on
+
+
+def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_alone(tmp_path):
+    data, dataset, plain, phased = synth_option_configs(tmp_path, "contrast_phases")
     specs = case_specs(phased.datasets, seed=0)
     assert {s.modality for s in specs if s.contrast_phases} == {"CT"}
     assert not any(s.contrast_phases for s in case_specs(plain.datasets, seed=0))
@@ -188,13 +195,7 @@ def test_in_plane_crops_narrow_the_field_of_view_around_the_anatomy_and_keep_ima
 
 
 def test_in_plane_crops_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path):
-    data = write_toy_dataset(tmp_path / "Task99_Toy", cases=1)
-    dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 2,
-               "modalities": ["CT", "MRI"]}
-    plain = TrainingConfig.from_dict({"name": "s", "datasets": [dataset]})
-    explicit = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"in_plane_crops": False}]})
-    cropped = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"in_plane_crops": True}]})
-    assert plain.fingerprint() == explicit.fingerprint() != cropped.fingerprint()
+    _, _, _, cropped = synth_option_configs(tmp_path, "in_plane_crops")
     assert all(s.in_plane_crops for s in case_specs(cropped.datasets, seed=0))
     with pytest.raises(ConfigError, match="in_plane_crops applies to synth datasets only"):
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "in_plane_crops": True}]})
