@@ -61,16 +61,18 @@ def paint(
     rng: np.random.Generator,
     *,
     contrast_phases: bool = False,
+    label_contrast: np.random.Generator | None = None,
 ) -> np.ndarray:
     """An image of ``labels`` (values of ``source``) in ``modality``, float32 [k, j, i].
 
     ``contrast_phases`` (CT only) draws a native, arterial or portal-venous phase per case
-    instead of only nudging the source's own enhancement.
+    instead of only nudging the source's own enhancement. ``label_contrast`` (MRI only), a random
+    stream, paints every label at its own intensity drawn from it (:func:`_mri`).
     """
     if modality == "CT":
         return _ct(source, labels, spacing_kji, rng, contrast_phases)
     if modality == "MRI":
-        return _mri(source, labels, spacing_kji, rng)
+        return _mri(source, labels, spacing_kji, rng, label_contrast)
     if modality == "PET":
         return _pet(source, labels, spacing_kji, rng)
     if modality == "US":
@@ -145,8 +147,16 @@ def _phase_means(source: SourceLabelMap, rng: np.random.Generator) -> tuple[dict
     return means, spreads
 
 
-def _mri(source: SourceLabelMap, labels, spacing, rng) -> np.ndarray:
-    """T1-like, T2-like, or (one case in three) a random contrast per label, as SynthSeg draws it."""
+def _mri(source: SourceLabelMap, labels, spacing, rng, label_contrast: np.random.Generator | None = None) -> np.ndarray:
+    """T1-like, T2-like, or (one case in three) a random contrast per tissue family.
+
+    Within a family every label stays near the family's value, so the liver and the spleen (both
+    soft tissue) always look alike, whatever the weighting; real sequences separate them, each in
+    its own way. With ``label_contrast`` every label instead gets its own uniform draw from that
+    stream, as SynthSeg (Billot et al., 2023) paints its training images, so the model must find
+    an organ by its shape and place rather than by an intensity relation no real sequence keeps.
+    The other draws (spreads, blur, bias field, noise) are the case's own either way.
+    """
     weighting = rng.choice(["t1", "t2", "random"], p=[0.35, 0.35, 0.3])
     table = _T1 if weighting == "t1" else _T2
     means, spreads = {}, {}
@@ -160,6 +170,8 @@ def _mri(source: SourceLabelMap, labels, spacing, rng) -> np.ndarray:
         else:
             means[value] = float(np.clip(table[family] + rng.normal(0, 0.07), 0.0, 1.0))
         spreads[value] = rng.uniform(0.01, 0.06)
+    if label_contrast is not None:
+        means = {v: 0.0 if source.family[v] == "air" else float(label_contrast.uniform(0.0, 1.0)) for v in source.values}
     image = _fill(labels, means, spreads, rng)
     image = _acquire(image, spacing, rng, max_thickness_mm=7.0)
     image *= _bias_field(image.shape, rng, rng.uniform(0.05, 0.35))

@@ -19,6 +19,8 @@ class SynthesisSettings:
     spatial: SpatialSettings = field(default_factory=SpatialSettings)
     contrast_phases: bool = False  # CT: native, arterial or portal-venous per case (see ``contrast.paint``)
     in_plane_crops: bool = False  # some cases get an in-plane field of view that cuts the body (``crop_in_plane``)
+    label_contrasts: bool = False  # MRI: some cases paint every label at its own random intensity (SynthSeg)
+    label_contrast_probability: float = 0.3  # how many MRI cases, with ``label_contrasts`` on
 
 
 def synthesise(
@@ -46,7 +48,13 @@ def synthesise(
         crop_rng = np.random.default_rng([seed, _modality_index(modality), 1])
         labels = crop_in_plane(labels, np.isin(labels.array, annotated_values), crop_rng, settings.spatial)
     spacing_kji = np.array(labels.spacing)[::-1]
-    image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng, contrast_phases=settings.contrast_phases)
+    label_contrast = None
+    if settings.label_contrasts and modality == "MRI":  # its own stream too, for the same reason
+        contrast_rng = np.random.default_rng([seed, _modality_index(modality), 2])
+        if contrast_rng.random() < settings.label_contrast_probability:
+            label_contrast = contrast_rng
+    image = paint(source, labels.array.astype(np.int64), spacing_kji, modality, rng,
+                  contrast_phases=settings.contrast_phases, label_contrast=label_contrast)
     masks = {key: np.isin(labels.array, source.structures[key]) for key in keys}
     out = labels.with_array(image.astype(np.float32))
     out.metadata = {"DuPLUS.Synthetic": f"{source.name}/{modality}/{seed}"}

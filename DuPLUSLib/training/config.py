@@ -42,7 +42,7 @@ def _strict(cls, values: dict[str, Any], where: str):
 
 
 # Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
-_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops")
+_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops", "label_contrasts")
 
 
 @dataclass
@@ -67,6 +67,7 @@ class DatasetSpec:
     source: str | None = None  # synth only: "mni152" instead of a Decathlon folder
     contrast_phases: bool = False  # synth only: CT cases in a drawn native, arterial or portal-venous phase
     in_plane_crops: bool = False  # synth only: some cases get an in-plane field of view that cuts the body
+    label_contrasts: bool = False  # synth MRI only: some cases paint every label at its own random intensity
 
     def __post_init__(self) -> None:
         if self.kind not in ("phantom", "mni152", "decathlon", "synth"):
@@ -84,6 +85,8 @@ class DatasetSpec:
             if self.contrast_phases and (self.source == "mni152" or "CT" not in (self.modalities or ["CT"])):
                 raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
                                   "add CT to 'modalities' or drop contrast_phases")
+            if self.label_contrasts and "MRI" not in (self.modalities or ["MRI"]):
+                raise ConfigError("label_contrasts changes only synthesised MRI; add MRI to 'modalities' or drop label_contrasts")
         else:
             for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
                 if getattr(self, option):
@@ -110,6 +113,7 @@ class CaseSpec:
     entry: int = 0  # synth: which case of the Decathlon folder gives the label map
     contrast_phases: bool = False  # synth CT: draw the contrast phase
     in_plane_crops: bool = False  # synth: draw an in-plane field of view
+    label_contrasts: bool = False  # synth MRI: draw whether every label gets its own intensity
 
 
 @dataclass

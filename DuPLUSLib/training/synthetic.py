@@ -56,7 +56,8 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
                 specs.append(CaseSpec(f"d{index}-synth-{name}-{modality}-{case_seed}", index, "synth", modality,
                                       region, case_seed, path=path, mapping=mapping_path, entry=entry,
                                       contrast_phases=dataset.contrast_phases and modality == "CT",
-                                      in_plane_crops=dataset.in_plane_crops))
+                                      in_plane_crops=dataset.in_plane_crops,
+                                      label_contrasts=dataset.label_contrasts and modality == "MRI"))
     return specs
 
 
@@ -67,7 +68,8 @@ def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarr
     source = _source(spec.path, spec.mapping, spec.entry)
     wanted = set(load_ontology().structures_of(spec.modality, spec.region))
     structures = [key for key in source.structures if key in wanted]
-    settings = SynthesisSettings(contrast_phases=spec.contrast_phases, in_plane_crops=spec.in_plane_crops)
+    settings = SynthesisSettings(contrast_phases=spec.contrast_phases, in_plane_crops=spec.in_plane_crops,
+                                 label_contrasts=spec.label_contrasts)
     return synthesise(source, spec.modality, spec.seed, structures, settings)
 
 

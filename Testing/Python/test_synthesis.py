@@ -201,6 +201,44 @@ def test_in_plane_crops_are_a_synth_option_that_leaves_older_run_fingerprints_al
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "in_plane_crops": True}]})
 
 
+def test_label_contrasts_paint_each_label_at_its_own_intensity_on_the_same_anatomy(source):
+    """With label_contrasts a drawn MRI case paints every label at its own random intensity
+    (SynthSeg), so the tumour's place within the liver no longer says how bright it is. The anatomy
+    and every other draw are the case's own: a case it does not draw is the case made without the
+    option, and CT is never changed."""
+    from dataclasses import replace
+
+    every = SynthesisSettings(label_contrasts=True, label_contrast_probability=1.0)
+    none = replace(every, label_contrast_probability=0.0)
+    plain, plain_masks = synthesise(source, "MRI", 7)
+    # per-label intensities differ, per seed, from the family-based ones on the very same masks
+    relations = set()
+    for seed in range(7, 13):
+        painted, masks = synthesise(source, "MRI", seed, settings=every)
+        reference, reference_masks = synthesise(source, "MRI", seed)
+        assert all(np.array_equal(masks[k], reference_masks[k]) for k in masks)
+        assert not np.allclose(painted.array, reference.array)
+        tumour = float(np.median(painted.array[masks["liver_tumour"]]))
+        liver = float(np.median(painted.array[masks["liver"] & ~masks["liver_tumour"]]))
+        relations.add(tumour > liver)
+    assert relations == {True, False}, "the tumour should be sometimes brighter, sometimes darker than the liver"
+    undrawn, undrawn_masks = synthesise(source, "MRI", 7, settings=none)
+    assert np.array_equal(undrawn.array, plain.array)
+    assert all(np.array_equal(undrawn_masks[k], plain_masks[k]) for k in plain_masks)
+    ct_with, _ = synthesise(source, "CT", 7, settings=every)
+    assert np.array_equal(ct_with.array, synthesise(source, "CT", 7)[0].array)
+
+
+def test_label_contrasts_are_a_synth_mri_option_that_leaves_older_run_fingerprints_alone(tmp_path):
+    _, dataset, _, painted = synth_option_configs(tmp_path, "label_contrasts")
+    specs = case_specs(painted.datasets, seed=0)
+    assert {s.modality for s in specs if s.label_contrasts} == {"MRI"}
+    with pytest.raises(ConfigError, match="label_contrasts changes only synthesised MRI"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"label_contrasts": True, "modalities": ["CT"]}]})
+    with pytest.raises(ConfigError, match="label_contrasts applies to synth datasets only"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "mni152", "label_contrasts": True}]})
+
+
 def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
     data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2)
     dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
