@@ -10,12 +10,14 @@ native, arterial or portal-venous phase, as training with ``contrast_phases: tru
 ``--in-plane-crops`` writes ``_fov`` sets in which every case has an in-plane field of view narrower
 than the body, of the widths training with ``in_plane_crops: true`` draws for some of its cases;
 ``--label-contrasts`` writes MRI sets (``mri_REGION_labels``) in which every label has its own random
-intensity, as training with ``label_contrasts: true`` paints some of its MRI cases.
+intensity, as training with ``label_contrasts: true`` paints some of its MRI cases; ``--organ-resizes``
+writes ``_organs`` sets whose organs grow or shrink by millimetres, as ``organ_resizes: true`` draws.
 
     python experiments/synthetic_holdout.py --data data/ts-example-ct -o runs/synthetic_holdout
     python experiments/synthetic_holdout.py --data data/ts-example-ct --contrast-phases -o runs/synthetic_holdout
     python experiments/synthetic_holdout.py --data data/ts-example-ct --in-plane-crops -o runs/synthetic_holdout
     python experiments/synthetic_holdout.py --data data/ts-example-ct --label-contrasts -o runs/synthetic_holdout
+    python experiments/synthetic_holdout.py --data data/ts-example-ct --organ-resizes -o runs/synthetic_holdout
     duplus evaluate --model DIR --data runs/synthetic_holdout/ct_abdomen -o ct.json --markdown ct.md
 """
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contrast-phases", action="store_true", help="CT only, in drawn contrast phases")
     parser.add_argument("--in-plane-crops", action="store_true", help="every case with a narrower in-plane field of view")
     parser.add_argument("--label-contrasts", action="store_true", help="MRI only, every label at its own random intensity")
+    parser.add_argument("--organ-resizes", action="store_true", help="organs grown or shrunk by millimetres")
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
     from DuPLUSLib.ontology import load_ontology
@@ -51,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.contrast_phases and args.label_contrasts:
         parser.error("--contrast-phases writes CT sets and --label-contrasts MRI sets: give one of them")
     settings = SynthesisSettings(contrast_phases=args.contrast_phases, in_plane_crops=args.in_plane_crops,
-                                 label_contrasts=args.label_contrasts, label_contrast_probability=1.0)
+                                 label_contrasts=args.label_contrasts, label_contrast_probability=1.0,
+                                 organ_resizes=args.organ_resizes)
     if args.in_plane_crops:
         settings = replace(settings, spatial=replace(settings.spatial, in_plane_probability=1.0))
-    suffix = ("_phases" if args.contrast_phases else "") + ("_labels" if args.label_contrasts else "") + ("_fov" if args.in_plane_crops else "")
+    suffix = ("_phases" if args.contrast_phases else "") + ("_labels" if args.label_contrasts else "") + ("_organs" if args.organ_resizes else "")
+    suffix += "_fov" if args.in_plane_crops else ""
     modalities = ("CT",) if args.contrast_phases else ("MRI",) if args.label_contrasts else ("CT", "MRI")
     for modality in modalities:
         for mapping in sorted(data.glob("mapping_ct_*.json")):

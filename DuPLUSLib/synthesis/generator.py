@@ -9,7 +9,7 @@ import numpy as np
 from ..imageio import VolumeImage
 from .contrast import paint
 from .labelmap import SourceLabelMap
-from .spatial import SpatialSettings, crop_field_of_view, crop_in_plane, deform_labels, grow_or_shrink_labels
+from .spatial import SpatialSettings, crop_field_of_view, crop_in_plane, deform_labels, grow_or_shrink_labels, resize_organs
 
 __all__ = ["SynthesisSettings", "synthesise"]
 
@@ -21,6 +21,7 @@ class SynthesisSettings:
     in_plane_crops: bool = False  # some cases get an in-plane field of view that cuts the body (``crop_in_plane``)
     label_contrasts: bool = False  # MRI: some cases paint every label at its own random intensity (SynthSeg)
     label_contrast_probability: float = 0.3  # how many MRI cases, with ``label_contrasts`` on
+    organ_resizes: bool = False  # organs also grow or shrink by millimetres, each its own way (``resize_organs``)
 
 
 def synthesise(
@@ -42,6 +43,9 @@ def synthesise(
     annotated_values = sorted({v for k in keys for v in source.structures[k]})
     background = {v for v in source.values if v not in {x for vs in source.structures.values() for x in vs}}
     resized = grow_or_shrink_labels(labels.array, annotated_values, background, rng, settings.spatial.organ_resize_probability)
+    if settings.organ_resizes:  # its own random stream, as the crops'
+        resize_rng = np.random.default_rng([seed, _modality_index(modality), 3])
+        resized = resize_organs(resized, np.array(labels.spacing)[::-1], annotated_values, background, resize_rng, settings.spatial)
     labels = labels.with_array(resized)
     labels = crop_field_of_view(labels, np.isin(labels.array, annotated_values), rng, settings.spatial)
     if settings.in_plane_crops:  # its own random stream: every other draw of the case is the one it has without

@@ -42,7 +42,7 @@ def _strict(cls, values: dict[str, Any], where: str):
 
 
 # Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
-_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops", "label_contrasts")
+_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops", "label_contrasts", "organ_resizes")
 
 
 @dataclass
@@ -68,6 +68,7 @@ class DatasetSpec:
     contrast_phases: bool = False  # synth only: CT cases in a drawn native, arterial or portal-venous phase
     in_plane_crops: bool = False  # synth only: some cases get an in-plane field of view that cuts the body
     label_contrasts: bool = False  # synth MRI only: some cases paint every label at its own random intensity
+    organ_resizes: bool = False  # synth only: organs also grow or shrink by millimetres, each its own way
 
     def __post_init__(self) -> None:
         if self.kind not in ("phantom", "mni152", "decathlon", "synth"):
@@ -114,6 +115,7 @@ class CaseSpec:
     contrast_phases: bool = False  # synth CT: draw the contrast phase
     in_plane_crops: bool = False  # synth: draw an in-plane field of view
     label_contrasts: bool = False  # synth MRI: draw whether every label gets its own intensity
+    organ_resizes: bool = False  # synth: draw organ-wise size changes of millimetres
 
 
 @dataclass

@@ -57,7 +57,8 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
                                       region, case_seed, path=path, mapping=mapping_path, entry=entry,
                                       contrast_phases=dataset.contrast_phases and modality == "CT",
                                       in_plane_crops=dataset.in_plane_crops,
-                                      label_contrasts=dataset.label_contrasts and modality == "MRI"))
+                                      label_contrasts=dataset.label_contrasts and modality == "MRI",
+                                      organ_resizes=dataset.organ_resizes))
     return specs
 
 
@@ -69,7 +70,7 @@ def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarr
     wanted = set(load_ontology().structures_of(spec.modality, spec.region))
     structures = [key for key in source.structures if key in wanted]
     settings = SynthesisSettings(contrast_phases=spec.contrast_phases, in_plane_crops=spec.in_plane_crops,
-                                 label_contrasts=spec.label_contrasts)
+                                 label_contrasts=spec.label_contrasts, organ_resizes=spec.organ_resizes)
     return synthesise(source, spec.modality, spec.seed, structures, settings)
 
 

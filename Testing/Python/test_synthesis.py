@@ -239,6 +239,46 @@ def test_label_contrasts_are_a_synth_mri_option_that_leaves_older_run_fingerprin
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "mni152", "label_contrasts": True}]})
 
 
+def test_resize_organs_grows_into_background_shrinks_to_it_and_never_overwrites_another_organ():
+    """An organ grows by millimetres into the tissue around it, or loses a rim of that depth to
+    the nearest background tissue; the organ beside it is never touched."""
+    from dataclasses import replace
+
+    from DuPLUSLib.synthesis.spatial import SpatialSettings, resize_organs
+
+    labels = np.full((36, 36, 50), 7, np.int16)  # fat everywhere
+    labels[:, :, 40:] = 8  # another background tissue
+    labels[8:28, 8:28, 5:25] = 1  # an organ, 20 voxels (60 mm) wide
+    labels[8:28, 8:28, 25:29] = 2  # its neighbour, touching it
+    spacing = np.array([3.0, 3.0, 3.0])
+    always = replace(SpatialSettings(), organ_scale_probability=1.0, organ_scale_mm=(6.0, 6.0))
+    sizes = {True: 0, False: 0}
+    for seed in range(8):
+        out = resize_organs(labels, spacing, [1], {7, 8}, np.random.default_rng(seed), always)
+        assert np.array_equal(out == 2, labels == 2), "the neighbouring organ must be left alone"
+        assert set(np.unique(out)) <= {1, 2, 7, 8}
+        grown = (out == 1).sum() > (labels == 1).sum()
+        sizes[grown] += 1
+        if grown:  # two voxels (6 mm) more on each free face, into fat only
+            assert (out[8:28, 8:28, 3] == 1).all() and not (out[8:28, 8:28, 2] == 1).any()
+        else:  # two voxels less on each face (its neighbour's too), given to the nearest background tissue
+            assert (out == 1).sum() == 16 ** 3
+            assert (out[8:10, 8:28, 5:25] == 7).all()
+    assert sizes[True] and sizes[False], "both growth and shrinkage should be drawn over 8 seeds"
+    never = replace(always, organ_scale_probability=0.0)
+    assert np.array_equal(resize_organs(labels, spacing, [1], {7, 8}, np.random.default_rng(0), never), labels)
+
+
+def test_organ_resizes_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path, source):
+    _, _, _, resized = synth_option_configs(tmp_path, "organ_resizes")
+    assert all(s.organ_resizes for s in case_specs(resized.datasets, seed=0))
+    with pytest.raises(ConfigError, match="organ_resizes applies to synth datasets only"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "organ_resizes": True}]})
+    plain, plain_masks = synthesise(source, "CT", 9)
+    changed, changed_masks = synthesise(source, "CT", 9, settings=SynthesisSettings(organ_resizes=True))
+    assert plain_masks["liver"].sum() != changed_masks["liver"].sum()
+
+
 def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
     data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2)
     dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
