@@ -141,14 +141,15 @@ def test_settings_added_since_leave_an_older_run_fingerprint_as_it_was():
     """Run folders made before a setting existed must still resume: version 6's recipe keeps the
     fingerprint its run folder and its shipped bundle recorded (2026-12-04), although contrast_phases
     and largest_component came after it, and so do version 7's although in_plane_crops came after it,
-    and version 8's although label_contrasts came after it, at defaults that leave them out; a
-    non-default value counts."""
+    version 8's although label_contrasts came after it, and version 9's although organ_resizes came
+    after it, at defaults that leave them out; a non-default value counts."""
     from DuPLUSLib.training.config import load_config
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     assert load_config(configs / "default-v6.yaml").fingerprint() == "47cc6bbd8bc02314"
     assert load_config(configs / "default-v7.yaml").fingerprint() == "e52d869798aa5244"  # before in_plane_crops
     assert load_config(configs / "default-v8.yaml").fingerprint() == "055a4bb5d8783e8b"  # before label_contrasts
+    assert load_config(configs / "default-v9.yaml").fingerprint() == "38388688415072b8"  # before organ_resizes
     before = tiny_config(Path("data")).fingerprint()
     assert tiny_config(Path("data"), loader_workers=4).fingerprint() != before
 
