@@ -23,8 +23,8 @@ class SpatialSettings:
     displacement_mm: float = 8.0  # amplitude of the smooth non-linear deformation
     control_spacing_mm: float = 60.0  # spacing of its control points
     organ_resize_probability: float = 0.3  # per annotated label: grow or shrink by a voxel
-    organ_scale_probability: float = 0.5  # with organ resizes on: per annotated label, grow or shrink by millimetres
-    organ_scale_mm: tuple[float, float] = (3.0, 9.0)  # by how much (at least a voxel of the real CT)
+    organ_resize_mm_probability: float = 0.5  # with organ_resizes on: per annotated label, grow or shrink by millimetres
+    organ_resize_mm: tuple[float, float] = (3.0, 9.0)  # by how much (at least a voxel of the real CT)
     slab_probability: float = 0.25  # a thin slab instead of the whole scan
     slab_mm: tuple[float, float] = (40.0, 100.0)
     partial_probability: float = 0.5  # otherwise, keep a random 50-100 % of the scan's length
@@ -109,23 +109,23 @@ def resize_organs(
 
     One voxel of growth or shrinkage (:func:`grow_or_shrink_labels`) is 3 mm on the real CT's grid,
     far less than organs vary between people (a spleen's volume varies several-fold). Here each
-    annotated label, with ``organ_scale_probability``, grows into the background tissue within a
+    annotated label, with ``organ_resize_mm_probability``, grows into the background tissue within a
     drawn distance of it, or gives the rim of that depth to the nearest background tissue; another
     organ is never overwritten, and a label too thin to lose that rim is left as it is.
     """
     out = labels.copy()
     spacing = np.asarray(spacing_kji, float)
     for value in annotated:
-        if rng.random() >= settings.organ_scale_probability:
+        if rng.random() >= settings.organ_resize_mm_probability:
             continue
-        distance_mm = rng.uniform(*settings.organ_scale_mm)
+        distance_mm = rng.uniform(*settings.organ_resize_mm)
         grow = rng.random() < 0.5
         mask = out == value
         if not mask.any():
             continue
+        voxels = np.argwhere(mask)
         margin = np.ceil(distance_mm / spacing).astype(int) + 1
-        box = tuple(slice(max(int(lo) - m, 0), int(hi) + m + 1)
-                    for lo, hi, m in zip(np.argwhere(mask).min(0), np.argwhere(mask).max(0), margin))
+        box = tuple(slice(max(int(lo) - m, 0), int(hi) + m + 1) for lo, hi, m in zip(voxels.min(0), voxels.max(0), margin))
         region, organ = out[box], mask[box]
         is_background = np.isin(region, list(background))
         if grow:

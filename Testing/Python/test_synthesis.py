@@ -251,7 +251,7 @@ def test_resize_organs_grows_into_background_shrinks_to_it_and_never_overwrites_
     labels[8:28, 8:28, 5:25] = 1  # an organ, 20 voxels (60 mm) wide
     labels[8:28, 8:28, 25:29] = 2  # its neighbour, touching it
     spacing = np.array([3.0, 3.0, 3.0])
-    always = replace(SpatialSettings(), organ_scale_probability=1.0, organ_scale_mm=(6.0, 6.0))
+    always = replace(SpatialSettings(), organ_resize_mm_probability=1.0, organ_resize_mm=(6.0, 6.0))
     sizes = {True: 0, False: 0}
     for seed in range(8):
         out = resize_organs(labels, spacing, [1], {7, 8}, np.random.default_rng(seed), always)
@@ -265,7 +265,7 @@ def test_resize_organs_grows_into_background_shrinks_to_it_and_never_overwrites_
             assert (out == 1).sum() == 16 ** 3
             assert (out[8:10, 8:28, 5:25] == 7).all()
     assert sizes[True] and sizes[False], "both growth and shrinkage should be drawn over 8 seeds"
-    never = replace(always, organ_scale_probability=0.0)
+    never = replace(always, organ_resize_mm_probability=0.0)
     assert np.array_equal(resize_organs(labels, spacing, [1], {7, 8}, np.random.default_rng(0), never), labels)
 
 
