@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                  organ_resizes=args.organ_resizes)
     if args.in_plane_crops:
         settings = replace(settings, spatial=replace(settings.spatial, in_plane_probability=1.0))
-    flags = ((args.contrast_phases, "_phases"), (args.label_contrasts, "_labels"), (args.organ_resizes, "_organs"),
-             (args.in_plane_crops, "_fov"))
-    suffix = "".join(name for on, name in flags if on)
+    suffix = "".join(f"_{tag}" for tag in settings.tags())
     modalities = ("CT",) if args.contrast_phases else ("MRI",) if args.label_contrasts else ("CT", "MRI")
     for modality in modalities:
         for mapping in sorted(data.glob("mapping_ct_*.json")):

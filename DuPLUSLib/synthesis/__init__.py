@@ -9,7 +9,8 @@ and ultrasound of that anatomy, and the network learns shapes and neighbourhoods
 scan's grey values.
 """
 
-from .generator import SynthesisSettings, synthesise
+from .generator import SYNTHESIS_OPTIONS, SynthesisOption, SynthesisSettings, synthesise
 from .labelmap import SourceLabelMap, label_map_from_mni152, label_map_from_real_ct
 
-__all__ = ["SourceLabelMap", "SynthesisSettings", "label_map_from_mni152", "label_map_from_real_ct", "synthesise"]
+__all__ = ["SYNTHESIS_OPTIONS", "SourceLabelMap", "SynthesisOption", "SynthesisSettings", "label_map_from_mni152",
+           "label_map_from_real_ct", "synthesise"]

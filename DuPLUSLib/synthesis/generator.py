@@ -11,7 +11,25 @@ from .contrast import paint
 from .labelmap import SourceLabelMap
 from .spatial import SpatialSettings, crop_field_of_view, crop_in_plane, deform_labels, grow_or_shrink_labels, resize_organs
 
-__all__ = ["SynthesisSettings", "synthesise"]
+__all__ = ["SYNTHESIS_OPTIONS", "SynthesisOption", "SynthesisSettings", "synthesise"]
+
+
+@dataclass(frozen=True)
+class SynthesisOption:
+    """A switch of :class:`SynthesisSettings` that a training config sets per synth dataset."""
+
+    name: str  # the field of SynthesisSettings, and the key of a config's dataset
+    tag: str  # what it adds to the name of a case or validation set made with it
+    modality: str | None  # the one modality it changes, or None for all
+
+
+# In the order their tags join a name. A new option is one row here and one field below.
+SYNTHESIS_OPTIONS = (
+    SynthesisOption("contrast_phases", "phases", "CT"),
+    SynthesisOption("label_contrasts", "labels", "MRI"),
+    SynthesisOption("organ_resizes", "organs", None),
+    SynthesisOption("in_plane_crops", "fov", None),
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +40,17 @@ class SynthesisSettings:
     label_contrasts: bool = False  # MRI: some cases paint every label at its own random intensity (SynthSeg)
     label_contrast_probability: float = 0.3  # how many MRI cases, with ``label_contrasts`` on
     organ_resizes: bool = False  # organs also grow or shrink by millimetres, each its own way (``resize_organs``)
+
+    @classmethod
+    def for_modality(cls, modality: str, options: dict[str, bool]) -> SynthesisSettings:
+        """The settings of a ``modality`` case from a dataset's switched ``options``; an option that
+        changes another modality stays off, so two cases drawn alike are named alike."""
+        return cls(**{option.name: bool(options.get(option.name)) and option.modality in (None, modality)
+                      for option in SYNTHESIS_OPTIONS})
+
+    def tags(self) -> tuple[str, ...]:
+        """The tags of the options switched on: cases or sets made otherwise get other names."""
+        return tuple(option.tag for option in SYNTHESIS_OPTIONS if getattr(self, option.name))
 
 
 def synthesise(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DuPLUSError
+from ..synthesis import SYNTHESIS_OPTIONS, SynthesisSettings
 
 __all__ = ["ConfigError", "DatasetSpec", "OptimisationSettings", "PromptSettings", "TrainingConfig", "load_config"]
 
@@ -41,8 +42,8 @@ def _strict(cls, values: dict[str, Any], where: str):
     return cls(**values)
 
 
-# Synthesis options added after run folders existed: off, they leave the fingerprint as it was.
-_SYNTHESIS_OPTIONS_ADDED_SINCE = ("contrast_phases", "in_plane_crops", "label_contrasts", "organ_resizes")
+# Every synthesis option came after run folders existed: off, it leaves the fingerprint as it was.
+_SYNTHESIS_OPTIONS_ADDED_SINCE = tuple(option.name for option in SYNTHESIS_OPTIONS)
 
 
 @dataclass
@@ -83,17 +84,24 @@ class DatasetSpec:
             unknown = set(self.modalities or []) - {"CT", "MRI", "PET", "US"}
             if unknown:
                 raise ConfigError(f"synth modalities must be among CT, MRI, PET, US; not {', '.join(sorted(unknown))}")
-            if self.contrast_phases and (self.source == "mni152" or "CT" not in (self.modalities or ["CT"])):
+            if self.contrast_phases and self.source == "mni152":
                 raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
-                                  "add CT to 'modalities' or drop contrast_phases")
-            if self.label_contrasts and "MRI" not in (self.modalities or ["MRI"]):
-                raise ConfigError("label_contrasts changes only synthesised MRI; add MRI to 'modalities' or drop label_contrasts")
+                                  "drop contrast_phases from the mni152 dataset")
+            for option in SYNTHESIS_OPTIONS:
+                if getattr(self, option.name) and option.modality not in (None, *(self.modalities or [option.modality])):
+                    raise ConfigError(f"{option.name} changes only synthesised {option.modality}; "
+                                      f"add {option.modality} to 'modalities' or drop {option.name}")
         else:
             for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
                 if getattr(self, option):
                     raise ConfigError(f"{option} applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
+
+    def synthesis(self, modality: str) -> SynthesisSettings:
+        """The synthesis settings of this synth dataset's ``modality`` cases."""
+        switched = {name: getattr(self, name) for name in _SYNTHESIS_OPTIONS_ADDED_SINCE}
+        return SynthesisSettings.for_modality(modality, switched)
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,7 @@ class CaseSpec:
     mapping: str | None = None
     domain_shift: tuple[tuple[str, float], ...] = ()
     entry: int = 0  # synth: which case of the Decathlon folder gives the label map
-    contrast_phases: bool = False  # synth CT: draw the contrast phase
-    in_plane_crops: bool = False  # synth: draw an in-plane field of view
-    label_contrasts: bool = False  # synth MRI: draw whether every label gets its own intensity
-    organ_resizes: bool = False  # synth: draw organ-wise size changes of millimetres
+    synthesis: SynthesisSettings | None = None  # synth: how its image is drawn from the label map
 
 
 @dataclass

@@ -46,6 +46,7 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
     specs = []
     for name, region, path, mapping_path, entry, structures in sources:
         for modality in modalities:
+            synthesis = dataset.synthesis(modality)
             if region not in ontology.regions_of(modality) or not set(structures) & set(ontology.structures_of(modality, region)):
                 raise ConfigError(
                     f"synth dataset {index} ({name}): no structure it annotates is a prompt of {modality} {region}; "
@@ -53,12 +54,9 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
                 )
             for case in range(dataset.cases):
                 case_seed = seed * 100_003 + dataset.seed_offset + case
-                specs.append(CaseSpec(f"d{index}-synth-{name}-{modality}-{case_seed}", index, "synth", modality,
-                                      region, case_seed, path=path, mapping=mapping_path, entry=entry,
-                                      contrast_phases=dataset.contrast_phases and modality == "CT",
-                                      in_plane_crops=dataset.in_plane_crops,
-                                      label_contrasts=dataset.label_contrasts and modality == "MRI",
-                                      organ_resizes=dataset.organ_resizes))
+                case_name = "-".join((f"d{index}-synth-{name}-{modality}-{case_seed}", *synthesis.tags()))
+                specs.append(CaseSpec(case_name, index, "synth", modality, region, case_seed, path=path,
+                                      mapping=mapping_path, entry=entry, synthesis=synthesis))
     return specs
 
 
@@ -69,9 +67,7 @@ def load_synthetic_case(spec: CaseSpec) -> tuple[VolumeImage, dict[str, np.ndarr
     source = _source(spec.path, spec.mapping, spec.entry)
     wanted = set(load_ontology().structures_of(spec.modality, spec.region))
     structures = [key for key in source.structures if key in wanted]
-    settings = SynthesisSettings(contrast_phases=spec.contrast_phases, in_plane_crops=spec.in_plane_crops,
-                                 label_contrasts=spec.label_contrasts, organ_resizes=spec.organ_resizes)
-    return synthesise(source, spec.modality, spec.seed, structures, settings)
+    return synthesise(source, spec.modality, spec.seed, structures, spec.synthesis or SynthesisSettings())
 
 
 @lru_cache(maxsize=4)

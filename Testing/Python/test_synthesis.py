@@ -131,18 +131,18 @@ def synth_option_configs(tmp_path: Path, option: str) -> tuple[Path, dict, Train
 def test_contrast_phases_are_a_synth_ct_option_and_leave_older_run_fingerprints_alone(tmp_path):
     data, dataset, plain, phased = synth_option_configs(tmp_path, "contrast_phases")
     specs = case_specs(phased.datasets, seed=0)
-    assert {s.modality for s in specs if s.contrast_phases} == {"CT"}
-    assert not any(s.contrast_phases for s in case_specs(plain.datasets, seed=0))
+    assert {s.modality for s in specs if s.synthesis.contrast_phases} == {"CT"}
+    assert not any(s.synthesis.contrast_phases for s in case_specs(plain.datasets, seed=0))
     from dataclasses import replace
 
     from DuPLUSLib.training.synthetic import load_synthetic_case
 
-    phased_ct = next(s for s in specs if s.contrast_phases)
+    phased_ct = next(s for s in specs if s.synthesis.contrast_phases)
     with_phases, masks = load_synthetic_case(phased_ct)
-    without, masks_without = load_synthetic_case(replace(phased_ct, contrast_phases=False))
+    without, masks_without = load_synthetic_case(replace(phased_ct, synthesis=replace(phased_ct.synthesis, contrast_phases=False)))
     assert all(np.array_equal(masks[k], masks_without[k]) for k in masks)  # the same anatomy, painted otherwise
     assert not np.array_equal(with_phases.array, without.array)
-    with pytest.raises(ConfigError, match="contrast_phases changes only CT synthesised"):
+    with pytest.raises(ConfigError, match="contrast_phases changes only synthesised CT; add CT to 'modalities'"):
         TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"contrast_phases": True, "modalities": ["MRI"]}]})
     mapping = json.loads((data / "mapping.json").read_text(encoding="utf-8"))
     if mapping.get("ignore") and not mapping.get("unannotated"):
@@ -196,7 +196,7 @@ def test_in_plane_crops_narrow_the_field_of_view_around_the_anatomy_and_keep_ima
 
 def test_in_plane_crops_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path):
     _, _, _, cropped = synth_option_configs(tmp_path, "in_plane_crops")
-    assert all(s.in_plane_crops for s in case_specs(cropped.datasets, seed=0))
+    assert all(s.synthesis.in_plane_crops for s in case_specs(cropped.datasets, seed=0))
     with pytest.raises(ConfigError, match="in_plane_crops applies to synth datasets only"):
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "in_plane_crops": True}]})
 
@@ -232,7 +232,7 @@ def test_label_contrasts_paint_each_label_at_its_own_intensity_on_the_same_anato
 def test_label_contrasts_are_a_synth_mri_option_that_leaves_older_run_fingerprints_alone(tmp_path):
     _, dataset, _, painted = synth_option_configs(tmp_path, "label_contrasts")
     specs = case_specs(painted.datasets, seed=0)
-    assert {s.modality for s in specs if s.label_contrasts} == {"MRI"}
+    assert {s.modality for s in specs if s.synthesis.label_contrasts} == {"MRI"}
     with pytest.raises(ConfigError, match="label_contrasts changes only synthesised MRI"):
         TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {"label_contrasts": True, "modalities": ["CT"]}]})
     with pytest.raises(ConfigError, match="label_contrasts applies to synth datasets only"):
@@ -271,7 +271,7 @@ def test_resize_organs_grows_into_background_shrinks_to_it_and_never_overwrites_
 
 def test_organ_resizes_are_a_synth_option_that_leaves_older_run_fingerprints_alone(tmp_path, source):
     _, _, _, resized = synth_option_configs(tmp_path, "organ_resizes")
-    assert all(s.organ_resizes for s in case_specs(resized.datasets, seed=0))
+    assert all(s.synthesis.organ_resizes for s in case_specs(resized.datasets, seed=0))
     with pytest.raises(ConfigError, match="organ_resizes applies to synth datasets only"):
         TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "phantom", "organ_resizes": True}]})
     plain, plain_masks = synthesise(source, "CT", 9)
@@ -315,3 +315,16 @@ def test_a_few_training_steps_on_synthesised_cases_lower_the_loss(tmp_path):
     losses: list[float] = []
     train(config, tmp_path / "run", device="cpu", progress=False, on_step=lambda step, loss: losses.append(loss))
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5
+
+
+def test_a_synth_case_is_named_after_its_options_so_a_cache_of_other_options_is_not_reused(tmp_path):
+    """A cached case is found by its name: two datasets alike but for an option must not share one."""
+    _, dataset, plain, _ = synth_option_configs(tmp_path, "organ_resizes")
+    every = TrainingConfig.from_dict({"name": "s", "datasets": [dataset | {
+        "modalities": ["CT", "MRI"], "contrast_phases": True, "label_contrasts": True, "organ_resizes": True,
+        "in_plane_crops": True}]})
+    plain_names = {s.modality: s.name for s in case_specs(plain.datasets, seed=0)}
+    names = {s.modality: s.name for s in case_specs(every.datasets, seed=0)}
+    assert names["CT"] == plain_names["CT"] + "-phases-organs-fov"  # label contrasts paint MRI only
+    assert names["MRI"] == plain_names["MRI"] + "-labels-organs-fov"  # contrast phases paint CT only
+    assert all(spec.synthesis.tags() == () for spec in case_specs(plain.datasets, seed=0))
