@@ -15,7 +15,8 @@
   Nothing of a failed case is left under a real name (each file is written atomically; the report,
   written last, is what marks a case done).
 * **Summary.** ``OUTDIR/summary.csv``: one row per case and structure (volume in ml, confidence,
-  found, seconds), one row for a failed case. Rewritten after every case.
+  found, the ml its model's post-processing dropped where it keeps the largest part, seconds), one
+  row for a failed case. Rewritten after every case.
 * **Shards.** ``shard=(K, N)`` takes the cases whose index is K modulo N and writes
   ``summary.shard-K-of-N.csv``; :func:`merge_summaries` joins the N of them into ``summary.csv``.
 """
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 SUMMARY_COLUMNS = ["case_index", "case_id", "input", "status", "structure", "prompt", "volume_ml", "confidence",
-                   "found", "seconds", "output", "error"]
+                   "found", "dropped_ml", "seconds", "output", "error"]
 NOT_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC"}
 
 
@@ -300,7 +301,8 @@ def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
         {"case_index": case.index, "case_id": case.case_id, "input": str(case.input), "status": "done",
          "structure": entry["structure"], "prompt": entry["prompt"], "volume_ml": entry["volume_ml"],
          "confidence": "" if entry["confidence"] is None else entry["confidence"],
-         "found": "yes" if entry["found"] else "no", "seconds": summary.get("seconds", ""),
+         "found": "yes" if entry["found"] else "no", "dropped_ml": entry.get("dropped_ml", "") if entry.get("largest_part_only") else "",
+         "seconds": summary.get("seconds", ""),
          "output": output, "error": ""}
         for entry in summary["segments"]
     ]
@@ -309,7 +311,7 @@ def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
 def _failed_row(case: BatchCase, error: BaseException, seconds: float) -> dict:
     message = f"{type(error).__name__}: {error}".replace("\n", " ")
     return {"case_index": case.index, "case_id": case.case_id, "input": str(case.input), "status": "failed",
-            "structure": "", "prompt": "", "volume_ml": "", "confidence": "", "found": "",
+            "structure": "", "prompt": "", "volume_ml": "", "confidence": "", "found": "", "dropped_ml": "",
             "seconds": round(seconds, 2), "output": "", "error": message}
 
 

@@ -299,10 +299,14 @@ def _run_merge_shards(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict) -> None:
+    from .postprocessing import dropped_parts_warning
+
     print(f"{'structure':<28}{'volume ml':>12}{'confidence':>12}")
     for entry in summary["segments"]:
         confidence = "-" if entry["confidence"] is None else f"{entry['confidence']:.3f}"
         print(f"{entry['name']:<28}{entry['volume_ml']:>12.1f}{confidence:>12}")
+    for warning in filter(None, map(dropped_parts_warning, summary["segments"])):
+        print(f"check:   {warning}")
     for label in ("output", "report", "preview"):
         if summary.get(label):
             print(f"{label + ':':<9} {summary[label]}")

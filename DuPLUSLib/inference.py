@@ -31,7 +31,7 @@ from .imageio import (
     read_image,
 )
 from .ontology import Prompt, load_ontology
-from .postprocessing import keep_largest_part
+from .postprocessing import DroppedParts, keep_largest_part
 from .sliding_window import sliding_window, window_count
 from .preprocessing import (
     check_image_values,
@@ -59,14 +59,17 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     probabilities: dict[str, np.ndarray] | None = None  # prompt key -> float32 [k, j, i], if asked
+    dropped: dict[str, DroppedParts] = field(default_factory=dict)  # prompt key -> what keeping its largest part removed
 
     def report(self) -> dict:
-        """What the JSON report says: one entry per segment, volumes in millilitres."""
+        """What the JSON report says: one entry per segment, volumes in millilitres, and for a
+        structure the model keeps as its largest part what that removed (``check``: enough to look)."""
         voxel_ml = float(np.prod(self.reference.spacing)) / 1000.0
         entries = []
         for prompt, segment in zip(self.prompts, self.segments):
             count = segment.voxel_count()
             structure = segment.structure
+            dropped = self.dropped.get(prompt.key)
             entries.append(
                 {
                     "prompt": prompt.key,
@@ -78,6 +81,10 @@ class SegmentationResult:
                     "volume_ml": round(count * voxel_ml, 3),
                     "confidence": None if segment.confidence is None else round(segment.confidence, 4),
                     "found": count > 0,
+                    "largest_part_only": dropped is not None,
+                    "dropped_parts": dropped.parts if dropped else 0,
+                    "dropped_ml": round(dropped.volume_ml, 3) if dropped else 0.0,
+                    "check": bool(dropped and dropped.worth_checking(count * voxel_ml)),
                 }
             )
         return {
@@ -172,13 +179,15 @@ class Segmenter:
         start = time.perf_counter()
         segments: list[SegmentMask] = []
         kept: dict[str, np.ndarray] = {}
+        dropped: dict[str, DroppedParts] = {}
+        model_voxel_ml = float(np.prod(model_image.spacing)) / 1000.0
         for index, prompt in enumerate(prompts):
             if cancel():
                 raise CancelledError("segmentation cancelled")
             progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
             probability = probabilities_model.pop(prompt.key)
             if prompt.structure in self.settings.largest_component:
-                probability = keep_largest_part(probability, self.settings.threshold)
+                probability, dropped[prompt.key] = keep_largest_part(probability, self.settings.threshold, model_voxel_ml)
             on_model_grid = model_image.with_array(probability)
             structure = self.ontology.structures[prompt.structure]
             if keep_probabilities:
@@ -198,6 +207,7 @@ class Segmenter:
             timings=timings,
             device=str(self.device),
             probabilities=kept if keep_probabilities else None,
+            dropped=dropped,
         )
 
     # ------------------------------------------------------------------------------ internals

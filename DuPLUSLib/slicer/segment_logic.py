@@ -32,6 +32,7 @@ from .. import cascade, mrml
 from ..errors import CancelledError, DuPLUSError, InputImageError, ModelBundleError, OutputPathError, UnknownPromptError
 from ..imageio import VolumeImage, write_image
 from ..ontology import Prompt, load_ontology
+from ..postprocessing import dropped_parts_warning
 from ..progress import Stage
 from ..remote import RemoteRunner, ServerClient
 from ..scripted_module import IN_SLICER_APPLICATION, ScriptedLoadableModuleLogic, qt
@@ -422,6 +423,9 @@ def describe_segments(event: dict) -> list[str]:
         confidenceText = "-" if confidence is None else f"{confidence:.2f}"
         found = "" if entry.get("found", True) else " (not found)"
         lines.append(f"{entry.get('name')}: {entry.get('volume_ml', 0.0):.1f} ml, confidence {confidenceText}{found}")
+        warning = dropped_parts_warning(entry)
+        if warning:
+            lines.append(f"Check {warning}")
     if event.get("device"):
         reused = " (model already loaded)" if event.get("model_reused") else ""
         lines.append(f"device: {event['device']}, {event.get('seconds', 0.0):.1f} s in the worker{reused}")

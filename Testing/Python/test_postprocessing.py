@@ -14,7 +14,7 @@ from DuPLUSLib.bundle import load_bundle
 from DuPLUSLib.errors import ModelBundleError
 from DuPLUSLib.imageio import VolumeImage
 from DuPLUSLib.inference import Segmenter
-from DuPLUSLib.postprocessing import keep_largest_part, largest_component
+from DuPLUSLib.postprocessing import DroppedParts, dropped_parts_warning, keep_largest_part, largest_component
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,8 @@ def test_only_the_largest_part_reaches_the_threshold_after_linear_resampling():
     from DuPLUSLib.preprocessing import resample_onto
 
     probability = np.where(two_blobs(), 0.9, 0.3).astype(np.float32)
-    kept = keep_largest_part(probability, 0.5)
+    kept, dropped = keep_largest_part(probability, 0.5, voxel_ml=0.008)
+    assert dropped == DroppedParts(parts=1, volume_ml=27 * 0.008)
     assert kept.dtype == np.float32 and kept[15, 15, 15] == 0 and kept[5, 5, 5] == np.float32(0.9)
     coarse = VolumeImage(probability, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
     fine = VolumeImage(np.zeros((39, 39, 39), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
@@ -48,14 +49,14 @@ def test_only_the_largest_part_reaches_the_threshold_after_linear_resampling():
     after = resample_onto(coarse.with_array(kept), fine, "linear", 0.0) >= 0.5
     assert np.array_equal(after, largest_component(before)) and after.sum() < before.sum()
     one_part = probability[:12, :12, :12]
-    assert keep_largest_part(one_part, 0.5) is one_part
+    assert keep_largest_part(one_part, 0.5, voxel_ml=0.008) == (one_part, DroppedParts())
 
 
-def image_with_two_bright_spheres() -> VolumeImage:
-    """A 64 mm cube of water with a 12 mm and a 5 mm radius bright sphere, far apart."""
+def image_with_two_bright_spheres(small_radius: float = 2.5) -> VolumeImage:
+    """A 64 mm cube of water with a 12 mm and a 5 mm (2 x ``small_radius``) radius bright sphere, far apart."""
     k, j, i = np.meshgrid(*(np.arange(32),) * 3, indexing="ij")
     big = (k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 <= 6 ** 2
-    small = (k - 24) ** 2 + (j - 24) ** 2 + (i - 24) ** 2 <= 2.5 ** 2
+    small = (k - 23) ** 2 + (j - 23) ** 2 + (i - 23) ** 2 <= small_radius ** 2
     array = np.where(big | small, 400.0, 0.0) + np.random.default_rng(0).normal(0, 5, big.shape)
     return VolumeImage(array.astype(np.float32), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
 
@@ -69,9 +70,24 @@ def test_a_model_keeps_the_largest_part_only_of_the_structures_its_settings_name
     folder = bundle.save(tmp_path / "model")
     segmenter = Segmenter(load_bundle(folder), device="cpu")
     image = image_with_two_bright_spheres()
-    liver, spleen = segmenter.segment(image, segmenter.parse_prompts(["CT/abdomen/liver", "CT/abdomen/spleen"])).segments
+    result = segmenter.segment(image, segmenter.parse_prompts(["CT/abdomen/liver", "CT/abdomen/spleen"]))
+    liver, spleen = result.segments
     assert 0 < liver.voxel_count() < spleen.voxel_count()
     assert np.array_equal(liver.mask, largest_component(spleen.mask))
+    liver_entry, spleen_entry = result.report()["segments"]
+    assert liver_entry["largest_part_only"] and liver_entry["dropped_parts"] == 1
+    small_sphere_ml = (spleen.voxel_count() - liver.voxel_count()) * 8 / 1000  # 2 mm voxels, the model grid too
+    assert liver_entry["dropped_ml"] == pytest.approx(small_sphere_ml)
+    assert not liver_entry["check"]  # the small sphere is a fraction of the big one: nothing to look at
+    assert not spleen_entry["largest_part_only"] and spleen_entry["dropped_ml"] == 0.0
+
+    from DuPLUSLib.slicer.segment_logic import describe_segments
+
+    twins = segmenter.segment(image_with_two_bright_spheres(small_radius=5.5), segmenter.parse_prompts(["CT/abdomen/liver"]))
+    report = twins.report()
+    assert report["segments"][0]["check"]  # the sphere dropped is nearly the one kept: which is the liver?
+    assert not any(line.startswith("Check") for line in describe_segments(result.report()))
+    assert [line for line in describe_segments(report) if line.startswith("Check liver: the model keeps only its largest")]
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["inference"]["largest_component"] = ["livr"]
@@ -131,3 +147,16 @@ def test_a_misnamed_or_mistyped_structure_list_is_refused_before_training():
         TrainingConfig.from_dict(base | {"inference": {"largest_component": ["livr"]}})
     with pytest.raises(ConfigError, match="must be a list of structure keys, not 'liver'"):
         TrainingConfig.from_dict(base | {"inference": {"largest_component": "liver"}})
+
+
+def test_dropped_parts_large_beside_the_kept_one_are_worth_a_look():
+    """A false finding can outgrow a small true organ; when what was removed is at least half what
+    was kept, the user is told to check which part was kept, by name and with the volumes."""
+    assert not DroppedParts().worth_checking(10.0)
+    assert not DroppedParts(parts=2, volume_ml=4.9).worth_checking(10.0)
+    assert DroppedParts(parts=2, volume_ml=5.0).worth_checking(10.0)
+    entry = {"name": "spleen", "volume_ml": 40.0, "dropped_parts": 2, "dropped_ml": 55.5, "check": True}
+    warning = dropped_parts_warning(entry)
+    assert warning.startswith("spleen: the model keeps only its largest part (40.0 ml)")
+    assert "removed 2 other parts of 55.5 ml" in warning
+    assert dropped_parts_warning(entry | {"check": False}) is None
