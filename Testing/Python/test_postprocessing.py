@@ -99,7 +99,9 @@ def test_a_model_keeps_the_largest_part_only_of_the_structures_its_settings_name
 def test_the_choice_is_made_per_structure_on_validation_data(tmp_path):
     """``experiments/choose_postprocessing.py`` with the hand-set network, which finds both spheres:
     where the reference is the big sphere alone (liver) keeping the largest part helps and the liver
-    is chosen; where the reference is both spheres (spleen) it hurts and the spleen is not."""
+    is chosen; where the reference is both spheres (spleen) it hurts and the spleen is not. Where the
+    dropped sphere is nearly the kept one's size, the warning fires: rightly where both spheres are the
+    reference (the kidney's cases), needlessly where the kept one is (the stomach's)."""
     import importlib.util
     from pathlib import Path
 
@@ -108,8 +110,11 @@ def test_the_choice_is_made_per_structure_on_validation_data(tmp_path):
     image = image_with_two_bright_spheres()
     both = image.array > 200
     big = largest_component(both)
-    for name, key, mask in (("big", "liver", big), ("both", "spleen", both)):
-        triples = [(f"{name}_{index}", image, mask.astype(np.uint8)) for index in range(3)]
+    twins = image_with_two_bright_spheres(small_radius=5.5)
+    for name, key, case, mask in (("big", "liver", image, big), ("both", "spleen", image, both),
+                                  ("twins", "stomach", twins, largest_component(twins.array > 200)),
+                                  ("both_twins", "kidney_left", twins, twins.array > 200)):
+        triples = [(f"{name}_{index}", case, mask.astype(np.uint8)) for index in range(3)]
         write_decathlon_dataset(tmp_path / name, triples, {"modality": "CT", "region": "abdomen", "labels": {"1": key}})
     bundle = bundle_of(bright_region_network(), spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32),
                        weights_dtype="float32")
@@ -120,11 +125,15 @@ def test_the_choice_is_made_per_structure_on_validation_data(tmp_path):
     spec.loader.exec_module(module)
     output = tmp_path / "choice.json"
     assert module.main(["--model", str(model), "--data", str(tmp_path / "big"), "--data", str(tmp_path / "both"),
+                        "--data", str(tmp_path / "twins"), "--data", str(tmp_path / "both_twins"),
                         "-o", str(output)]) == 0
     report = json.loads(output.read_text(encoding="utf-8"))
-    assert report["largest_component"] == ["liver"]
+    assert report["largest_component"] == ["liver", "stomach"]
     assert report["structures"]["liver"]["dice_largest_part"] > report["structures"]["liver"]["dice_as_found"]
     assert report["structures"]["spleen"]["cases"] == 3 and not report["structures"]["spleen"]["chosen"]
+    # costly: the kidney's cases (the spleen's small sphere costs 0.04); the warning fires on them and the stomach's
+    assert report["warning"] == {"structure_cases": 12, "fired": 6, "costly": 3, "fired_on_costly": 3,
+                                 "costly_dice_loss": 0.05}
 
 
 def test_the_choice_joins_a_training_config_without_changing_its_run():
