@@ -308,6 +308,9 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         self.ui.progressBar.value = 100
         self.ui.statusLabel.text = _("Done: {count} segment(s) in {seconds:.1f} s").format(
             count=segmentationNode.GetSegmentation().GetNumberOfSegments(), seconds=self.logic.lastRunSeconds)
+        toCheck = self.logic.segmentsToCheck
+        if toCheck:
+            self.ui.statusLabel.text += " " + _("Check {names}: see the log").format(names=", ".join(toCheck))
         self._set("outputSegmentation", segmentationNode)
         self.updateApplyButton()
 

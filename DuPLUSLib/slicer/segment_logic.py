@@ -155,6 +155,12 @@ class SegmentLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModuleL
         return self.runner.busy
 
     @property
+    def segmentsToCheck(self) -> list[str]:
+        """The last run's segments whose model kept only the largest part, beside removed parts large
+        enough that the kept one may be the wrong one (the log says more)."""
+        return [entry["name"] for entry in (self.lastReport or {}).get("segments", []) if entry.get("check")]
+
+    @property
     def elapsedSeconds(self) -> float:
         return self.runner.elapsed_s
 

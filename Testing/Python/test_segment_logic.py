@@ -164,6 +164,33 @@ def test_non_blocking_form_reports_through_callbacks(logic, sphere, model_dir):
     assert logic.state is RunnerState.IDLE
 
 
+def test_a_part_kept_beside_a_dropped_one_of_its_size_is_flagged_for_checking(logic, model_dir, mrml_scene, tmp_path):
+    """The model keeps only the liver's largest part; with two bright spheres of nearly one size it
+    cannot know which is the liver, and the log and ``segmentsToCheck`` say so; the spleen, not
+    post-processed, keeps both and is not flagged."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config["inference"]["largest_component"] = ["liver"]
+    shutil.copytree(model_dir, tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    image, first = sphere_volume(shape_ijk=(48, 24, 16), centre_ijk=(12, 12, 8), radius_mm=8.0)
+    second = sphere_volume(shape_ijk=(48, 24, 16), centre_ijk=(36, 12, 8), radius_mm=7.0)[1]
+    image = image.with_array(np.where(second, np.int16(300), image.array))
+    volume = mrml.volume_node_from_image(image, "two spheres")
+    lines: list[str] = []
+    done: list = []
+    logic.segmentAsync(volume, PROMPTS, model=str(tmp_path / "model"), device="cpu", onLog=lines.append,
+                       onFinished=done.append)
+    logic.wait(timeout=TIMEOUT_S)
+    assert len(done) == 1 and logic.segmentsToCheck == ["liver"]
+    assert [line for line in lines if line.startswith("Check liver: the model keeps only its largest part")]
+    masks = {segment.structure: slicer.util.arrayFromSegmentBinaryLabelmap(done[0], segment.segment_id, volume) > 0
+             for segment in mrml.imported_segments(done[0])}
+    assert dice(masks["liver"], first) > 0.8 and not (masks["liver"] & second).any()  # the larger sphere
+    assert dice(masks["spleen"], first | second) > 0.8
+
+
 def test_results_are_added_to_an_existing_segmentation(logic, sphere, model_dir, mrml_scene):
     volume, _ = sphere
     existing = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
