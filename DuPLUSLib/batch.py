@@ -301,7 +301,8 @@ def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
         {"case_index": case.index, "case_id": case.case_id, "input": str(case.input), "status": "done",
          "structure": entry["structure"], "prompt": entry["prompt"], "volume_ml": entry["volume_ml"],
          "confidence": "" if entry["confidence"] is None else entry["confidence"],
-         "found": "yes" if entry["found"] else "no", "dropped_ml": entry.get("dropped_ml", "") if entry.get("largest_part_only") else "",
+         "found": "yes" if entry["found"] else "no",
+         "dropped_ml": entry.get("dropped_ml", "") if entry.get("largest_part_only") else "",  # older reports lack it
          "seconds": summary.get("seconds", ""),
          "output": output, "error": ""}
         for entry in summary["segments"]

@@ -81,4 +81,4 @@ def dropped_parts_warning(entry: dict) -> str | None:
     parts = entry["dropped_parts"]
     return (f"{entry['name']}: the model keeps only its largest part ({entry['volume_ml']:.1f} ml) and removed "
             f"{parts} other part{'s' if parts > 1 else ''} of {entry['dropped_ml']:.1f} ml in all; check that "
-            "the part kept is the right one (the probability maps, --probabilities, show all of them)")
+            "the part kept is the right one (its probability map shows every part: duplus segment --probabilities)")

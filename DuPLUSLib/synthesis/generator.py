@@ -23,7 +23,8 @@ class SynthesisOption:
     modality: str | None  # the one modality it changes, or None for all
 
 
-# In the order their tags join a name. A new option is one row here and one field below.
+# In the order their tags join a name. A new option is a row here, a field of SynthesisSettings below
+# and one of the training config's DatasetSpec (its key in a config file).
 SYNTHESIS_OPTIONS = (
     SynthesisOption("contrast_phases", "phases", "CT"),
     SynthesisOption("label_contrasts", "labels", "MRI"),
