@@ -2,7 +2,9 @@
 """The model on real scans it never saw, scored in world coordinates; and the Dice ceiling of a grid.
 
     duplus data get totalsegmentator-evaluation -o data/ts-evaluation      # the scans kept back
-    python experiments/real_scans.py --cases data/ts-evaluation/cases.json -o runs/real_scans [--model DIR]
+    duplus data get slicerio-chest-evaluation -o data/slicerio-chest       # one more, a chest CT
+    python experiments/real_scans.py --cases data/ts-evaluation/cases.json [--cases data/slicerio-chest/cases.json] \
+        -o runs/real_scans [--model DIR]
     python experiments/real_scans.py --ceiling data/ts-example-ct -o runs/ceiling   # 4, 3 and 2 mm
 
 The first scores every structure each case's references name, with the prompts of that case's
@@ -27,7 +29,7 @@ from DuPLUSLib.imageio import VolumeImage
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--cases", help="cases.json of the evaluation scans")
+    what.add_argument("--cases", action="append", help="cases.json of evaluation scans (repeat for more)")
     what.add_argument("--ceiling", help="a Decathlon folder whose labels measure the grid ceiling")
     parser.add_argument("--model", help="model folder (default: the bundled model)")
     parser.add_argument("--spacings", default="4,3,2", help="grids (mm) for --ceiling")
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def score(cases: str, model: str | None) -> list[dict]:
+def score(cases: list[str], model: str | None) -> list[dict]:
     from DuPLUSLib.bundle import load_bundle
     from DuPLUSLib.inference import Segmenter
     from DuPLUSLib.training.world_evaluation import evaluate_world_cases
@@ -62,7 +64,7 @@ def score(cases: str, model: str | None) -> list[dict]:
         result = segmenter.segment(image, prompts)
         return {p.structure: result.reference.with_array(s.mask) for p, s in zip(prompts, result.segments)}
 
-    return evaluate_world_cases(segment, cases)
+    return [record for path in cases for record in evaluate_world_cases(segment, path)]
 
 
 def ceiling(folder: str, spacings: list[float]) -> list[dict]:

