@@ -24,6 +24,7 @@ __all__ = [
     "WithinRange",
     "parameterNodeWrapper",
     "qt",
+    "select_data",
     "translate",
     "tr",
     "vtk",
@@ -159,3 +160,12 @@ class BackgroundRunWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+
+
+def select_data(comboBox, data) -> bool:
+    """Make the combo box item whose data is ``data`` current (without a signal when it already is);
+    whether there is one."""
+    index = comboBox.findData(data)
+    if index >= 0 and comboBox.currentIndex != index:
+        comboBox.setCurrentIndex(index)
+    return index >= 0

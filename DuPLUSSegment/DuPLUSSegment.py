@@ -20,7 +20,8 @@ from DuPLUSLib import cascade
 from DuPLUSLib.errors import DuPLUSError
 from DuPLUSLib.progress import overall_percent
 from DuPLUSLib.scripted_module import (IN_SLICER_APPLICATION, BackgroundRunWidget, ScriptedLoadableModule,
-                                       ScriptedLoadableModuleTest, parameterNodeWrapper, qt, translate, vtk)
+                                       ScriptedLoadableModuleTest, parameterNodeWrapper, qt, select_data, translate,
+                                       vtk)
 from DuPLUSLib.scripted_module import tr as _
 from DuPLUSLib.slicer import self_test
 from DuPLUSLib.slicer.install import install_with_error_display
@@ -45,9 +46,9 @@ class DuPLUSSegment(ScriptedLoadableModule):
             "Segments the selected volume from text prompts: choose the modality, the body region and the "
             "structures (or type them, e.g. <i>CT/abdomen/liver</i>), then click Segment. The work runs in a "
             "background process: Slicer stays usable, and Cancel stops it at once. Each structure becomes a "
-            "named, coloured segment with its standard terminology.<br>The bundled model is for research and "
-            "demonstration only; it was trained on synthetic phantoms and a brain template, not on patients. See "
-            'the <a href="https://github.com/duplus-slicer/SlicerDuPLUS">project page</a> for details.')
+            "named, coloured segment with its standard terminology.<br>The bundled model is for research only: "
+            "trained on phantoms, a brain template and images made from one real CT, it errs on real scans. See "
+            'the <a href="https://github.com/duplus-slicer/SlicerDuPLUS">project page</a> and the model card.')
         self.parent.acknowledgementText = _(
             "Follows the published design of DuPLUS (Dual-Prompt Vision-Language Framework for Universal Medical "
             "Image Segmentation and Prognosis, 2025), written afresh for Slicer. Text encoder: all-MiniLM-L6-v2 "
@@ -165,8 +166,8 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         node = self._parameterNode
         if node is None:
             return
-        _selectData(self.ui.modalityComboBox, node.modality)
-        _selectData(self.ui.deviceComboBox, node.device)
+        select_data(self.ui.modalityComboBox, node.modality)
+        select_data(self.ui.deviceComboBox, node.device)
         self.ui.whereToRunComboBox.currentIndex = int(node.remoteServer)  # 0: this computer, 1: a remote server
         self.ui.remoteServerWidget.visible = node.remoteServer
         if self.ui.modelPathLineEdit.currentPath != node.modelFolder:
@@ -188,7 +189,7 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         for choice in cascade.region_choices(modality):
             self.ui.regionComboBox.addItem(choice.label, choice.key)
         self.ui.regionComboBox.blockSignals(wasBlocked)
-        if not _selectData(self.ui.regionComboBox, self._parameterNode.region):
+        if not select_data(self.ui.regionComboBox, self._parameterNode.region):
             self.ui.regionComboBox.setCurrentIndex(0)
         self.onRegionChanged()
 
@@ -231,7 +232,7 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         if guess.modality:
             self._parameterNode.modality = guess.modality
             self._parameterNode.region = region or self._parameterNode.region
-            _selectData(self.ui.modalityComboBox, guess.modality)
+            select_data(self.ui.modalityComboBox, guess.modality)
             self.onModalityChanged()
 
     # ------------------------------------------------------------------ Segment / Cancel
@@ -306,11 +307,10 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
 
     def onFinished(self, segmentationNode) -> None:
         self.ui.progressBar.value = 100
+        toCheck = ", ".join(self.logic.segmentsToCheck)  # kept parts that may be the wrong ones (see the log)
         self.ui.statusLabel.text = _("Done: {count} segment(s) in {seconds:.1f} s").format(
-            count=segmentationNode.GetSegmentation().GetNumberOfSegments(), seconds=self.logic.lastRunSeconds)
-        toCheck = self.logic.segmentsToCheck
-        if toCheck:
-            self.ui.statusLabel.text += " " + _("Check {names}: see the log").format(names=", ".join(toCheck))
+            count=segmentationNode.GetSegmentation().GetNumberOfSegments(), seconds=self.logic.lastRunSeconds
+        ) + (" " + _("Check {names}: see the log").format(names=toCheck) if toCheck else "")
         self._set("outputSegmentation", segmentationNode)
         self.updateApplyButton()
 
@@ -324,13 +324,6 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         self.ui.statusLabel.text = _("Cancelled; the scene is unchanged")
         self.ui.progressBar.value = 0
         self.updateApplyButton()
-
-
-def _selectData(comboBox, data) -> bool:
-    index = comboBox.findData(data)
-    if index >= 0 and comboBox.currentIndex != index:
-        comboBox.setCurrentIndex(index)
-    return index >= 0
 
 
 class DuPLUSSegmentTest(ScriptedLoadableModuleTest):
