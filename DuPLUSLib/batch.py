@@ -15,8 +15,8 @@
   Nothing of a failed case is left under a real name (each file is written atomically; the report,
   written last, is what marks a case done).
 * **Summary.** ``OUTDIR/summary.csv``: one row per case and structure (volume in ml, confidence,
-  found, the ml its model's post-processing dropped where it keeps the largest part, seconds), one
-  row for a failed case. Rewritten after every case.
+  found, seconds; then the ml its model's post-processing dropped where it keeps the largest part,
+  and ``check`` where that is enough to look), one row for a failed case. Rewritten after every case.
 * **Shards.** ``shard=(K, N)`` takes the cases whose index is K modulo N and writes
   ``summary.shard-K-of-N.csv``; :func:`merge_summaries` joins the N of them into ``summary.csv``.
 """
@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 SUMMARY_COLUMNS = ["case_index", "case_id", "input", "status", "structure", "prompt", "volume_ml", "confidence",
-                   "found", "dropped_ml", "seconds", "output", "error"]
+                   "found", "seconds", "output", "error", "dropped_ml", "check"]
+_COLUMNS_ADDED_SINCE = ("dropped_ml", "check")  # a shard summary written before them still merges
 NOT_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC"}
 
 
@@ -302,8 +303,9 @@ def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
          "structure": entry["structure"], "prompt": entry["prompt"], "volume_ml": entry["volume_ml"],
          "confidence": "" if entry["confidence"] is None else entry["confidence"],
          "found": "yes" if entry["found"] else "no",
-         "dropped_ml": entry.get("dropped_ml", "") if entry.get("largest_part_only") else "",  # older reports lack it
          "seconds": summary.get("seconds", ""),
+         "dropped_ml": entry.get("dropped_ml", "") if entry.get("largest_part_only") else "",  # older reports lack it
+         "check": "yes" if entry.get("check") else "",
          "output": output, "error": ""}
         for entry in summary["segments"]
     ]
@@ -312,8 +314,8 @@ def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
 def _failed_row(case: BatchCase, error: BaseException, seconds: float) -> dict:
     message = f"{type(error).__name__}: {error}".replace("\n", " ")
     return {"case_index": case.index, "case_id": case.case_id, "input": str(case.input), "status": "failed",
-            "structure": "", "prompt": "", "volume_ml": "", "confidence": "", "found": "", "dropped_ml": "",
-            "seconds": round(seconds, 2), "output": "", "error": message}
+            "structure": "", "prompt": "", "volume_ml": "", "confidence": "", "found": "",
+            "seconds": round(seconds, 2), "output": "", "error": message, "dropped_ml": "", "check": ""}
 
 
 def write_summary(path: Path, rows: Sequence[dict]) -> Path:
@@ -329,9 +331,10 @@ def write_summary(path: Path, rows: Sequence[dict]) -> Path:
 def read_summary(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames != SUMMARY_COLUMNS:
+        older = [c for c in SUMMARY_COLUMNS if c not in _COLUMNS_ADDED_SINCE]
+        if reader.fieldnames not in (SUMMARY_COLUMNS, older):
             raise BatchError(f"'{path}' is not a duplus summary (columns {reader.fieldnames})")
-        return list(reader)
+        return [dict.fromkeys(_COLUMNS_ADDED_SINCE, "") | row for row in reader]
 
 
 def merge_summaries(outdir: str | os.PathLike[str]) -> Path:

@@ -284,9 +284,13 @@ def _batch_reporter(kind: str, cases, shard):
         bar.set_description_str(f"{case.case_id}: {stage}"[:40])
 
     def on_case(case, status, info) -> None:
+        from .postprocessing import dropped_parts_warning
+
         bar.update(1)
         if status == "failed":
             bar.write(f"{case.case_id}: failed: {info['message']}", file=sys.stderr)
+        for warning in filter(None, map(dropped_parts_warning, info.get("segments", []) if status == "done" else [])):
+            bar.write(f"{case.case_id}: check: {warning}", file=sys.stderr)
 
     return progress, on_case, bar.close
 

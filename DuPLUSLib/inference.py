@@ -84,7 +84,7 @@ class SegmentationResult:
                     "largest_part_only": dropped is not None,
                     "dropped_parts": dropped.parts if dropped else 0,
                     "dropped_ml": round(dropped.volume_ml, 3) if dropped else 0.0,
-                    "check": bool(dropped and dropped.worth_checking(count * voxel_ml)),
+                    "check": bool(dropped and dropped.worth_checking),
                 }
             )
         return {

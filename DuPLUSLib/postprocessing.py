@@ -22,19 +22,21 @@ __all__ = ["DroppedParts", "dropped_parts_warning", "largest_component", "keep_l
 # Dropped parts of at least this share of the kept part's volume: the choice between them was not
 # clear-cut, and a false finding can outgrow a small true organ (a real MR's spleen did), so the
 # user is asked to look.
-CHECK_WHEN_DROPPED_IS = 0.5
+CHECK_DROPPED_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
 class DroppedParts:
-    """What keeping a structure's largest part removed, on the model grid."""
+    """What keeping a structure's largest part removed, and what it kept, both on the model grid."""
 
     parts: int = 0
     volume_ml: float = 0.0
+    kept_ml: float = 0.0
 
-    def worth_checking(self, kept_ml: float) -> bool:
+    @property
+    def worth_checking(self) -> bool:
         """Whether the removed parts are large enough beside the kept one that it may be the wrong one."""
-        return self.parts > 0 and self.volume_ml >= CHECK_WHEN_DROPPED_IS * kept_ml
+        return self.parts > 0 and self.volume_ml >= CHECK_DROPPED_FRACTION * self.kept_ml
 
 
 def _parts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +71,7 @@ def keep_largest_part(probability: np.ndarray, threshold: float, voxel_ml: float
     if len(sizes) <= 1:
         return probability, DroppedParts()
     largest = int(np.argmax(sizes))
-    dropped = DroppedParts(len(sizes) - 1, float(sizes.sum() - sizes[largest]) * voxel_ml)
+    dropped = DroppedParts(len(sizes) - 1, float(sizes.sum() - sizes[largest]) * voxel_ml, float(sizes[largest]) * voxel_ml)
     return np.where(found & (parts != 1 + largest), np.zeros((), probability.dtype), probability), dropped
 
 
@@ -79,6 +81,6 @@ def dropped_parts_warning(entry: dict) -> str | None:
     if not entry.get("check"):
         return None
     parts = entry["dropped_parts"]
-    return (f"{entry['name']}: the model keeps only its largest part ({entry['volume_ml']:.1f} ml) and removed "
-            f"{parts} other part{'s' if parts > 1 else ''} of {entry['dropped_ml']:.1f} ml in all; check that "
-            "the part kept is the right one (its probability map shows every part: duplus segment --probabilities)")
+    return (f"{entry['name']}: only its largest part is kept ({entry['volume_ml']:.1f} ml); {parts} other "
+            f"part{'s' if parts > 1 else ''} of {entry['dropped_ml']:.1f} ml in all were removed. Look at the image "
+            "to confirm that the part kept is the right one")

@@ -47,8 +47,9 @@ class DuPLUSSegment(ScriptedLoadableModule):
             "structures (or type them, e.g. <i>CT/abdomen/liver</i>), then click Segment. The work runs in a "
             "background process: Slicer stays usable, and Cancel stops it at once. Each structure becomes a "
             "named, coloured segment with its standard terminology.<br>The bundled model is for research only: "
-            "trained on phantoms, a brain template and images made from one real CT, it errs on real scans. See "
-            'the <a href="https://github.com/duplus-slicer/SlicerDuPLUS">project page</a> and the model card.')
+            "trained on phantoms, a brain template and two real CTs (and images made from their labels), it "
+            'errs on real scans. See its model card on the <a href="https://github.com/duplus-slicer/SlicerDuPLUS">'
+            "project page</a>.")
         self.parent.acknowledgementText = _(
             "Follows the published design of DuPLUS (Dual-Prompt Vision-Language Framework for Universal Medical "
             "Image Segmentation and Prognosis, 2025), written afresh for Slicer. Text encoder: all-MiniLM-L6-v2 "
@@ -308,9 +309,10 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
     def onFinished(self, segmentationNode) -> None:
         self.ui.progressBar.value = 100
         toCheck = ", ".join(self.logic.segmentsToCheck)  # kept parts that may be the wrong ones (see the log)
-        self.ui.statusLabel.text = _("Done: {count} segment(s) in {seconds:.1f} s").format(
-            count=segmentationNode.GetSegmentation().GetNumberOfSegments(), seconds=self.logic.lastRunSeconds
-        ) + (" " + _("Check {names}: see the log").format(names=toCheck) if toCheck else "")
+        done = _("Done: {count} segment(s) in {seconds:.1f} s. Check {names}: see the log") if toCheck else _(
+            "Done: {count} segment(s) in {seconds:.1f} s")
+        self.ui.statusLabel.text = done.format(count=segmentationNode.GetSegmentation().GetNumberOfSegments(),
+                                               seconds=self.logic.lastRunSeconds, names=toCheck)
         self._set("outputSegmentation", segmentationNode)
         self.updateApplyButton()
 

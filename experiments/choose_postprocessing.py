@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = len(pairs) >= args.min_cases and mean_kept - mean_found >= args.min_gain and worst <= args.max_loss
         report["structures"][key] = {"cases": len(pairs), "dice_as_found": round(mean_found, 4),
                                      "dice_largest_part": round(mean_kept, 4), "worst_case_loss": round(worst, 4),
-                                     "chosen": chosen}
+                                     "chosen": chosen, "warning_fired": sum(warned[key])}
         if chosen:
             report["largest_component"].append(key)
     pairs = [(score, warn) for key in scores for score, warn in zip(scores[key], warned[key])]

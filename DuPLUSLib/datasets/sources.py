@@ -234,7 +234,7 @@ SLICERIO_CHEST_STRUCTURES: dict[str, tuple[int, ...]] = {
 
 
 def _convert_slicerio_chest(extracted: Path, output: Path) -> None:
-    """slicerio's chest CT (128 x 128 x 34, 3 x 3 x 10 mm) and its segments, as an evaluation case of
+    """slicerio's chest CT (128 x 128 x 34, 3.05 x 3.05 x 10 mm) and its segments, as an evaluation case of
     CT thorax. Its segment names are generated from terminology and one is "tissue": the segments
     look semi-automatic, so they are references of unknown quality, as the model card says."""
     import SimpleITK as sitk

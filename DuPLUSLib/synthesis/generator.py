@@ -50,7 +50,8 @@ class SynthesisSettings:
                       for option in SYNTHESIS_OPTIONS})
 
     def tags(self) -> tuple[str, ...]:
-        """The tags of the options switched on: cases or sets made otherwise get other names."""
+        """The tags of the options switched on, for the names of cases and validation sets (the
+        probabilities of the drawn changes are not in them)."""
         return tuple(option.tag for option in SYNTHESIS_OPTIONS if getattr(self, option.name))
 
 

@@ -98,7 +98,7 @@ class DatasetSpec:
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 
-    def synthesis(self, modality: str) -> SynthesisSettings:
+    def synthesis_settings(self, modality: str) -> SynthesisSettings:
         """The synthesis settings of this synth dataset's ``modality`` cases."""
         switched = {name: getattr(self, name) for name in _SYNTHESIS_OPTIONS_ADDED_SINCE}
         return SynthesisSettings.for_modality(modality, switched)

@@ -46,7 +46,7 @@ def synthetic_case_specs(dataset: DatasetSpec, index: int, seed: int, ontology: 
     specs = []
     for name, region, path, mapping_path, entry, structures in sources:
         for modality in modalities:
-            synthesis = dataset.synthesis(modality)
+            synthesis = dataset.synthesis_settings(modality)
             if region not in ontology.regions_of(modality) or not set(structures) & set(ontology.structures_of(modality, region)):
                 raise ConfigError(
                     f"synth dataset {index} ({name}): no structure it annotates is a prompt of {modality} {region}; "

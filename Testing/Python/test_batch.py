@@ -120,6 +120,26 @@ def test_two_shards_give_the_same_outputs_as_one_run(cohort, tmp_path, model):
     assert comparable(summary_rows(sharded / "summary.csv")) == comparable(summary_rows(one / "summary.csv"))
 
 
+def test_a_shard_summary_written_before_the_post_processing_columns_still_merges(tmp_path):
+    """Shards of one cohort may be run by two versions; the older summary lacks dropped_ml and check."""
+    import csv
+
+    from DuPLUSLib.batch import SUMMARY_COLUMNS
+
+    older = [c for c in SUMMARY_COLUMNS if c not in ("dropped_ml", "check")]
+    for shard, case in ((0, "a"), (1, "b")):
+        with open(tmp_path / f"summary.shard-{shard}-of-2.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=older if shard == 0 else SUMMARY_COLUMNS)
+            writer.writeheader()
+            row = dict.fromkeys(older, "") | {"case_index": shard, "case_id": case, "status": "done", "structure": "liver"}
+            writer.writerow(row if shard == 0 else row | {"dropped_ml": "1.5", "check": "yes"})
+    rows = summary_rows(merge_summaries(tmp_path))
+    assert [(r["case_id"], r["dropped_ml"], r["check"]) for r in rows] == [("a", "", ""), ("b", "1.5", "yes")]
+    (tmp_path / "summary.shard-0-of-2.csv").write_text("case,volume\na,1\n", encoding="utf-8")
+    with pytest.raises(BatchError, match="is not a duplus summary"):
+        merge_summaries(tmp_path)
+
+
 def test_merging_before_every_shard_has_run_names_the_missing_shard(cohort, tmp_path, model):
     out = tmp_path / "out"
     assert run(model, str(cohort), "-o", str(out), "--shard", "1/3") == 0

@@ -41,7 +41,7 @@ def test_only_the_largest_part_reaches_the_threshold_after_linear_resampling():
 
     probability = np.where(two_blobs(), 0.9, 0.3).astype(np.float32)
     kept, dropped = keep_largest_part(probability, 0.5, voxel_ml=0.008)
-    assert dropped == DroppedParts(parts=1, volume_ml=27 * 0.008)
+    assert dropped == DroppedParts(parts=1, volume_ml=27 * 0.008, kept_ml=512 * 0.008)
     assert kept.dtype == np.float32 and kept[15, 15, 15] == 0 and kept[5, 5, 5] == np.float32(0.9)
     coarse = VolumeImage(probability, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
     fine = VolumeImage(np.zeros((39, 39, 39), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
@@ -87,7 +87,7 @@ def test_a_model_keeps_the_largest_part_only_of_the_structures_its_settings_name
     report = twins.report()
     assert report["segments"][0]["check"]  # the sphere dropped is nearly the one kept: which is the liver?
     assert not any(line.startswith("Check") for line in describe_segments(result.report()))
-    assert [line for line in describe_segments(report) if line.startswith("Check liver: the model keeps only its largest")]
+    assert [line for line in describe_segments(report) if line.startswith("Check liver: only its largest part is kept")]
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["inference"]["largest_component"] = ["livr"]
@@ -161,11 +161,10 @@ def test_a_misnamed_or_mistyped_structure_list_is_refused_before_training():
 def test_dropped_parts_large_beside_the_kept_one_are_worth_a_look():
     """A false finding can outgrow a small true organ; when what was removed is at least half what
     was kept, the user is told to check which part was kept, by name and with the volumes."""
-    assert not DroppedParts().worth_checking(10.0)
-    assert not DroppedParts(parts=2, volume_ml=4.9).worth_checking(10.0)
-    assert DroppedParts(parts=2, volume_ml=5.0).worth_checking(10.0)
+    assert not DroppedParts().worth_checking
+    assert not DroppedParts(parts=2, volume_ml=4.9, kept_ml=10.0).worth_checking
+    assert DroppedParts(parts=2, volume_ml=5.0, kept_ml=10.0).worth_checking
     entry = {"name": "spleen", "volume_ml": 40.0, "dropped_parts": 2, "dropped_ml": 55.5, "check": True}
     warning = dropped_parts_warning(entry)
-    assert warning.startswith("spleen: the model keeps only its largest part (40.0 ml)")
-    assert "removed 2 other parts of 55.5 ml" in warning
+    assert warning.startswith("spleen: only its largest part is kept (40.0 ml); 2 other parts of 55.5 ml")
     assert dropped_parts_warning(entry | {"check": False}) is None

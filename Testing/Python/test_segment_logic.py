@@ -184,7 +184,7 @@ def test_a_part_kept_beside_a_dropped_one_of_its_size_is_flagged_for_checking(lo
                        onFinished=done.append)
     logic.wait(timeout=TIMEOUT_S)
     assert len(done) == 1 and logic.segmentsToCheck == ["liver"]
-    assert [line for line in lines if line.startswith("Check liver: the model keeps only its largest part")]
+    assert [line for line in lines if line.startswith("Check liver: only its largest part is kept")]
     masks = {segment.structure: slicer.util.arrayFromSegmentBinaryLabelmap(done[0], segment.segment_id, volume) > 0
              for segment in mrml.imported_segments(done[0])}
     assert dice(masks["liver"], first) > 0.8 and not (masks["liver"] & second).any()  # the larger sphere
