@@ -18,10 +18,9 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DuPLUSError
-from ..synthesis import SYNTHESIS_OPTIONS, SynthesisSettings
 
 __all__ = ["ConfigError", "DatasetSpec", "OptimisationSettings", "PromptSettings", "TrainingConfig", "load_config"]
 
@@ -42,8 +41,16 @@ def _strict(cls, values: dict[str, Any], where: str):
     return cls(**values)
 
 
-# Every synthesis option came after run folders existed: off, it leaves the fingerprint as it was.
-_SYNTHESIS_OPTIONS_ADDED_SINCE = tuple(option.name for option in SYNTHESIS_OPTIONS)
+if TYPE_CHECKING:
+    from ..synthesis import SynthesisOption, SynthesisSettings
+
+
+def _synthesis_options() -> tuple[SynthesisOption, ...]:
+    """The options a synth dataset can switch on. Each came after run folders existed: off, it leaves
+    the fingerprint as it was. Imported when asked, as the synthesis package brings SciPy."""
+    from ..synthesis import SYNTHESIS_OPTIONS
+
+    return SYNTHESIS_OPTIONS
 
 
 @dataclass
@@ -87,20 +94,22 @@ class DatasetSpec:
             if self.contrast_phases and self.source == "mni152":
                 raise ConfigError("contrast_phases changes only CT synthesised from a CT's label maps; "
                                   "drop contrast_phases from the mni152 dataset")
-            for option in SYNTHESIS_OPTIONS:
+            for option in _synthesis_options():
                 if getattr(self, option.name) and option.modality not in (None, *(self.modalities or [option.modality])):
                     raise ConfigError(f"{option.name} changes only synthesised {option.modality}; "
                                       f"add {option.modality} to 'modalities' or drop {option.name}")
         else:
-            for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
-                if getattr(self, option):
-                    raise ConfigError(f"{option} applies to synth datasets only, not to a {self.kind} dataset")
+            for option in _synthesis_options():
+                if getattr(self, option.name):
+                    raise ConfigError(f"{option.name} applies to synth datasets only, not to a {self.kind} dataset")
         if self.weight <= 0:
             raise ConfigError(f"dataset weight must be positive, not {self.weight}")
 
     def synthesis_settings(self, modality: str) -> SynthesisSettings:
         """The synthesis settings of this synth dataset's ``modality`` cases."""
-        switched = {name: getattr(self, name) for name in _SYNTHESIS_OPTIONS_ADDED_SINCE}
+        from ..synthesis import SynthesisSettings
+
+        switched = {option.name: getattr(self, option.name) for option in _synthesis_options()}
         return SynthesisSettings.for_modality(modality, switched)
 
 
@@ -208,9 +217,9 @@ class TrainingConfig:
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
         for dataset in values["datasets"]:
-            for option in _SYNTHESIS_OPTIONS_ADDED_SINCE:
-                if not dataset[option]:
-                    dataset.pop(option)
+            for option in _synthesis_options():
+                if not dataset[option.name]:
+                    dataset.pop(option.name)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
