@@ -283,9 +283,9 @@ def _batch_reporter(kind: str, cases, shard):
     def progress(case, position, total, stage, fraction, message) -> None:
         bar.set_description_str(f"{case.case_id}: {stage}"[:40])
 
-    def on_case(case, status, info) -> None:
-        from .postprocessing import dropped_parts_warning
+    from .postprocessing import dropped_parts_warning
 
+    def on_case(case, status, info) -> None:
         bar.update(1)
         if status == "failed":
             bar.write(f"{case.case_id}: failed: {info['message']}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Keeping only a structure's largest connected part, for the structures a bundle names.
+"""Keeping only a structure's largest connected part, for the structures a bundle names, and
+saying when the part kept may be the wrong one.
 
 A liver, a spleen or an aorta is one piece; a blob the network finds elsewhere is a false positive.
 As in nnU-Net, a model's post-processing is chosen per structure on validation data (here by
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DroppedParts", "dropped_parts_warning", "largest_component", "keep_largest_part"]
+__all__ = ["DroppedParts", "dropped_parts_warning", "keep_largest_part"]
 
 # Dropped parts of at least this share of the kept part's volume: the choice between them was not
 # clear-cut, and a false finding can outgrow a small true organ (a real MR's spleen did), so the
@@ -52,14 +53,6 @@ def _parts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labelled = labeller.Execute(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=bool).view(np.uint8)))
     parts = sitk.GetArrayFromImage(labelled)
     return parts, np.bincount(parts.ravel(), minlength=labeller.GetObjectCount() + 1)[1:]
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected part of a binary mask (the mask itself when it has one part or none)."""
-    parts, sizes = _parts(mask)
-    if len(sizes) <= 1:
-        return mask.astype(bool, copy=False)
-    return parts == 1 + int(np.argmax(sizes))
 
 
 def keep_largest_part(probability: np.ndarray, threshold: float, voxel_ml: float) -> tuple[np.ndarray, DroppedParts]:

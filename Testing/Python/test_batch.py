@@ -25,11 +25,8 @@ from DuPLUSLib.batch import BatchError, expand_inputs, merge_summaries, parse_sh
 from DuPLUSLib.cli import main
 from DuPLUSLib.imageio import write_image
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "keep_signal_handlers")  # duplus segment runs in-process here
 PROMPTS = ["-p", "CT/abdomen/liver", "-p", "CT/abdomen/spleen"]
-
-
-pytestmark = pytest.mark.usefixtures("keep_signal_handlers")  # duplus segment runs in-process here
 
 
 @pytest.fixture(scope="module")

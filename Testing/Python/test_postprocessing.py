@@ -14,9 +14,14 @@ from DuPLUSLib.bundle import load_bundle
 from DuPLUSLib.errors import ModelBundleError
 from DuPLUSLib.imageio import VolumeImage
 from DuPLUSLib.inference import Segmenter
-from DuPLUSLib.postprocessing import DroppedParts, dropped_parts_warning, keep_largest_part, largest_component
+from DuPLUSLib.postprocessing import DroppedParts, dropped_parts_warning, keep_largest_part
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest 26-connected part, as inference keeps it."""
+    return keep_largest_part(mask.astype(np.float32), 0.5, voxel_ml=1.0)[0] >= 0.5
 
 
 def two_blobs(shape=(20, 20, 20)) -> np.ndarray:
@@ -168,3 +173,28 @@ def test_dropped_parts_large_beside_the_kept_one_are_worth_a_look():
     warning = dropped_parts_warning(entry)
     assert warning.startswith("spleen: only its largest part is kept (40.0 ml); 2 other parts of 55.5 ml")
     assert dropped_parts_warning(entry | {"check": False}) is None
+
+
+def test_duplus_segment_says_which_structure_to_check_for_one_case_and_for_each_case_of_a_batch(
+        tmp_path, capsys, keep_signal_handlers):
+    """The command line prints the warning under its table for one case, and under the bar for each
+    case of a batch; the report holds the same fields."""
+    from DuPLUSLib.cli import main
+    from DuPLUSLib.imageio import write_image
+
+    bundle = bundle_of(bright_region_network(), spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32),
+                       weights_dtype="float32")
+    bundle.config.inference = dataclasses.replace(bundle.config.inference, largest_component=("liver",))
+    model = bundle.save(tmp_path / "model")
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    write_image(image_with_two_bright_spheres(small_radius=5.5), cohort / "twins.nrrd")
+    write_image(image_with_two_bright_spheres(), cohort / "apart.nrrd")
+    common = ["-p", "CT/abdomen/liver", "--model", str(model), "--device", "cpu"]
+    assert main(["segment", str(cohort / "twins.nrrd"), "-o", str(tmp_path / "twins.seg.nrrd"),
+                 "--report", str(tmp_path / "twins.json"), *common]) == 0
+    assert "check:   liver: only its largest part is kept" in capsys.readouterr().out
+    assert json.loads((tmp_path / "twins.json").read_text(encoding="utf-8"))["segments"][0]["check"] is True
+    assert main(["segment", str(cohort), "-o", str(tmp_path / "batch"), *common]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": check: " in line]
+    assert len(lines) == 1 and lines[0].startswith("twins: check: liver: only its largest part is kept")
