@@ -29,6 +29,7 @@ SYNTHESIS_OPTIONS = (
     SynthesisOption("contrast_phases", "phases", "CT"),
     SynthesisOption("label_contrasts", "labels", "MRI"),
     SynthesisOption("organ_resizes", "organs", None),
+    SynthesisOption("strong_deformations", "warps", None),
     SynthesisOption("in_plane_crops", "fov", None),
 )
 
@@ -41,6 +42,7 @@ class SynthesisSettings:
     label_contrasts: bool = False  # MRI: some cases paint every label at its own random intensity (SynthSeg)
     label_contrast_probability: float = 0.3  # how many MRI cases, with ``label_contrasts`` on
     organ_resizes: bool = False  # organs also grow or shrink by millimetres, each its own way (``resize_organs``)
+    strong_deformations: bool = False  # SynthSeg's wider scaling and rotation, a larger smooth warp (``SpatialSettings.stronger``)
 
     @classmethod
     def for_modality(cls, modality: str, options: dict[str, bool]) -> SynthesisSettings:
@@ -70,7 +72,9 @@ def synthesise(
     rng = np.random.default_rng([seed, _modality_index(modality)])
     keys = list(source.structures) if structures is None else structures
     fill = next(v for v in source.values if source.family[v] == "air") if "air" in source.family.values() else 0
-    labels = deform_labels(source.labels, rng, settings.spatial, fill)
+    # the same draws, scaled: every other draw of the case is the one it has without
+    warp = settings.spatial.stronger() if settings.strong_deformations else settings.spatial
+    labels = deform_labels(source.labels, rng, warp, fill)
     annotated_values = sorted({v for k in keys for v in source.structures[k]})
     background = {v for v in source.values if v not in {x for vs in source.structures.values() for x in vs}}
     resized = grow_or_shrink_labels(labels.array, annotated_values, background, rng, settings.spatial.organ_resize_probability)

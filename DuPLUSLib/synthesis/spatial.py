@@ -6,7 +6,7 @@ image painted afterwards and its masks line up by construction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +30,12 @@ class SpatialSettings:
     partial_probability: float = 0.5  # otherwise, keep a random 50-100 % of the scan's length
     in_plane_probability: float = 0.4  # with in-plane crops on: a reconstruction field of view that cuts the body
     in_plane_mm: tuple[float, float] = (160.0, 360.0)  # its width along each in-plane axis
+
+    def stronger(self) -> SpatialSettings:
+        """Wider deformations, for anatomies further from the one labelled patient: SynthSeg's ranges
+        of scaling and rotation (Billot et al. 2023: +-20 %, +-15 degrees) and a smooth warp of 12 mm
+        instead of 8 mm."""
+        return replace(self, scale=0.2, rotation_degrees=15.0, displacement_mm=12.0)
 
 
 def deform_labels(labels: VolumeImage, rng: np.random.Generator, settings: SpatialSettings, fill: int) -> VolumeImage:

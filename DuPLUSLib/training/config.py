@@ -77,6 +77,7 @@ class DatasetSpec:
     in_plane_crops: bool = False  # synth only: some cases get an in-plane field of view that cuts the body
     label_contrasts: bool = False  # synth MRI only: some cases paint every label at its own random intensity
     organ_resizes: bool = False  # synth only: organs also grow or shrink by millimetres, each its own way
+    strong_deformations: bool = False  # synth only: wider scaling and rotation, a larger smooth warp
 
     def __post_init__(self) -> None:
         if self.kind not in ("phantom", "mni152", "decathlon", "synth"):

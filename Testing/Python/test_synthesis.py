@@ -279,6 +279,30 @@ def test_organ_resizes_are_a_synth_option_that_leaves_older_run_fingerprints_alo
     assert plain_masks["liver"].sum() != changed_masks["liver"].sum()
 
 
+def test_strong_deformations_scale_the_same_draws_and_move_the_anatomy_further(tmp_path, source):
+    from DuPLUSLib.synthesis.spatial import SpatialSettings, deform_labels
+
+    _, _, _, warped = synth_option_configs(tmp_path, "strong_deformations")
+    assert all(s.synthesis.strong_deformations and s.name.endswith("-warps") for s in case_specs(warped.datasets, seed=0))
+    with pytest.raises(ConfigError, match="strong_deformations applies to synth datasets only"):
+        TrainingConfig.from_dict({"name": "s", "datasets": [{"kind": "mni152", "strong_deformations": True}]})
+    cube = np.zeros((40, 40, 40), dtype=np.int16)
+    cube[12:28, 12:28, 12:28] = 1
+    labels = VolumeImage(cube, spacing=(3.0, 3.0, 3.0))
+
+    def overlap(settings: SpatialSettings, seed: int) -> float:
+        moved = deform_labels(labels, np.random.default_rng(seed), settings, fill=0).array == 1
+        return 2 * (moved & (cube == 1)).sum() / (moved.sum() + (cube == 1).sum())
+
+    usual, strong = SpatialSettings(), SpatialSettings().stronger()
+    assert (strong.scale, strong.rotation_degrees, strong.displacement_mm) == (0.2, 15.0, 12.0)
+    assert np.mean([overlap(strong, seed) for seed in range(6)]) < np.mean([overlap(usual, seed) for seed in range(6)])
+    plain, plain_masks = synthesise(source, "CT", 9)
+    changed, changed_masks = synthesise(source, "CT", 9, settings=SynthesisSettings(strong_deformations=True))
+    assert plain.array.shape == changed.array.shape and plain_masks.keys() == changed_masks.keys()
+    assert not np.array_equal(plain_masks["liver"], changed_masks["liver"])
+
+
 def test_a_synth_dataset_makes_recipes_per_modality_and_refuses_a_modality_without_structures(tmp_path):
     data = write_toy_dataset(tmp_path / "Task99_Toy", cases=2)
     dataset = {"kind": "synth", "path": str(data), "mapping": str(data / "mapping.json"), "cases": 3,
