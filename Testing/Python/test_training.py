@@ -382,6 +382,25 @@ def test_the_experiment_configs_are_valid_training_configs():
     assert load_mapping(EXPERIMENTS / "task03_liver_mapping.json").structures["liver"] == (1, 2)
 
 
+CONTROLS = EXPERIMENTS.parent / "controls"
+
+
+@pytest.mark.skipif(not CONTROLS.is_dir(), reason="experiments/ not in this checkout")
+@pytest.mark.parametrize("ablation, option", [("version8-organ-resizes", "organ_resizes"),
+                                              ("version8-strong-deformations", "strong_deformations")])
+def test_an_ablation_differs_from_its_same_budget_control_by_its_one_option(ablation, option):
+    """An ablation is judged against the control; any other difference would be credited to the option."""
+    from DuPLUSLib.training.config import load_config
+
+    control = load_config(CONTROLS / "version8-continued.yaml").to_dict()
+    changed = load_config(CONTROLS / f"{ablation}.yaml").to_dict()
+    switched = [i for i, dataset in enumerate(changed["datasets"]) if dataset[option]]
+    assert switched and all(changed["datasets"][i]["kind"] == "synth" for i in switched)
+    for i in switched:
+        changed["datasets"][i][option] = False
+    assert changed == control
+
+
 # ----------------------------------------------------------------------------------- warm start
 def test_initial_model_starts_a_run_from_that_models_weights(trained, toy, tmp_path):
     from DuPLUSLib.bundle import load_bundle
