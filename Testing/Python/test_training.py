@@ -401,6 +401,18 @@ def test_an_ablation_differs_from_its_same_budget_control_by_its_one_option(abla
     assert changed == control
 
 
+@pytest.mark.skipif(not CONTROLS.is_dir(), reason="experiments/ not in this checkout")
+def test_the_seed_replicate_differs_from_the_control_by_its_seed_alone():
+    """The replicate measures chance alone, so nothing but the seed may differ."""
+    from DuPLUSLib.training.config import load_config
+
+    control = load_config(CONTROLS / "version8-continued.yaml").to_dict()
+    replicate = load_config(CONTROLS / "version8-continued-seed5.yaml").to_dict()
+    assert replicate["seed"] != control["seed"]
+    replicate["seed"] = control["seed"]
+    assert replicate == control
+
+
 # ----------------------------------------------------------------------------------- warm start
 def test_initial_model_starts_a_run_from_that_models_weights(trained, toy, tmp_path):
     from DuPLUSLib.bundle import load_bundle
