@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import CancelledError, DuPLUSError
@@ -28,7 +27,7 @@ class UsageError(DuPLUSError, ValueError):
 PLUGGED_COMMANDS = {
     "phantom": "DuPLUSLib.phantoms.cli",
     "train": "DuPLUSLib.training.cli",
-    "finetune": "DuPLUSLib.training.finetune",
+    "finetune": "DuPLUSLib.training.cli",
     "evaluate": "DuPLUSLib.training.evaluate",
     "prognosis": "DuPLUSLib.prognosis.cli",
     "data": "DuPLUSLib.datasets.cli",

@@ -112,6 +112,7 @@ def check_output_files(path: str | os.PathLike[str], format: str, structure_keys
                        overwrite: bool) -> list[Path]:
     """Refuse, before any work, outputs that exist (without ``overwrite``) or cannot be written."""
     files = output_files(path, format, structure_keys, split)
+    _check_ending(Path(path), format, split)
     if format == "nifti" and split:
         folder = split_folder(path)
         if folder.exists() and not folder.is_dir():
@@ -124,6 +125,21 @@ def check_output_files(path: str | os.PathLike[str], format: str, structure_keys
     for file in files:
         check_output_path(file, overwrite)
     return files
+
+
+def _check_ending(path: Path, format: str, split: bool) -> None:
+    """A file's ending must not promise another format, and a NIfTI needs its own ending: the
+    writer picks the file type from it, so a mismatch would fail after the work or mislabel the file."""
+    if format == "nifti" and split:
+        return  # the name only names the folder; the files inside end in .nii.gz
+    name = path.name.lower()
+    named = format_for_path(path) if name.endswith((".nii", ".nii.gz", ".dcm", ".nrrd")) else None
+    if format == "nifti" and named != "nifti":
+        raise OutputPathError(f"'{path}' must end in .nii.gz or .nii for --format nifti; "
+                              f"for example '{path.with_name(_stem(path) + '.nii.gz')}'")
+    if named is not None and named != format:
+        raise OutputPathError(f"'{path}' ends like a {named} file but --format is {format}; "
+                              f"name it '{path.with_name(_stem(path) + SUFFIXES[format])}' or choose --format {named}")
 
 
 def check_format_input(format: str, image_source: str | os.PathLike[str], is_dicom: bool) -> None:

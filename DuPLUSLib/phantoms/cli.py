@@ -30,12 +30,21 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the case and write it; returns the exit status."""
-    from ..imageio import SegmentMask, write_image, write_segmentation
+    from ..cli import UsageError
+    from ..imageio import SegmentMask, check_output_path, write_image, write_segmentation
     from ..ontology import load_ontology
     from . import generate_phantom, mni152_case
 
     if args.spacing is not None and len(args.spacing) not in (1, 3):
-        raise SystemExit("--spacing takes one value or three (i j k)")
+        raise UsageError("--spacing takes one value or three (i j k)")
+    if args.mni and args.spacing is not None and len(set(args.spacing)) > 1:
+        raise UsageError("with --mni the template is resampled to one isotropic spacing: give --spacing one value")
+    if args.no_augment and not args.mni:
+        raise UsageError("--no-augment only applies with --mni (the MNI152 template without augmentation)")
+    # both outputs are checked before either is written, so a refused label leaves no new image behind
+    for path in (args.output, args.label):
+        if path:
+            check_output_path(path, args.overwrite)
     if args.mni:
         resolution = args.spacing[0] if args.spacing else 2.0
         phantom = mni152_case(seed=None if args.no_augment else args.seed, augment=not args.no_augment,

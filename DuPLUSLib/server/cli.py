@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DuPLUSError
+from ..errors import DuPLUSError, MissingDependencyError
 
 __all__ = ["ServerSettingsError", "read_api_key", "register", "is_local_host"]
 
@@ -133,8 +133,19 @@ def check_settings(args: argparse.Namespace) -> _Checked:
     return _Checked(args.host, args.port, api_key, args.ssl_certfile, args.ssl_keyfile)
 
 
+def _check_server_packages() -> None:
+    """The server's packages are an extra that a client install leaves out: say so, not a traceback."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise MissingDependencyError(f"duplus serve needs '{error.name or error}', which is not installed; install "
+                                     "the server extra: pip install -e '.[server]'") from None
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_server_packages()
     checked = check_settings(args)
     listener = _bind(checked.host, checked.port)  # a port in use fails now, before the model loads
 

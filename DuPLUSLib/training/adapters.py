@@ -25,6 +25,7 @@ import copy
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,14 +150,11 @@ def add_adapters(network: DuPLUSNet, rank: int, alpha: float | None = None, norm
     return targets
 
 
-def trainable_summary(network: nn.Module, base_parameters: int | None = None) -> dict:
-    """Trainable and total parameter counts, and their ratio (to the base model's parameter count)."""
-    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    total = base_parameters if base_parameters is not None else sum(
-        p.numel() for n, p in network.named_parameters() if ".lora_" not in n
-    )
-    return {"trainable_parameters": trainable, "base_parameters": total,
-            "trainable_fraction": trainable / max(total, 1)}
+def trainable_summary(parameters: Sequence[nn.Parameter], base_parameters: int) -> dict:
+    """How many parameters train (``parameters``), against the base model's count, and their ratio."""
+    trainable = sum(p.numel() for p in parameters)
+    return {"trainable_parameters": trainable, "base_parameters": base_parameters,
+            "trainable_fraction": trainable / max(base_parameters, 1)}
 
 
 def adapter_state(network: nn.Module, norms: bool = True) -> dict[str, torch.Tensor]:

@@ -251,6 +251,11 @@ def load_config(path: str | Path) -> TrainingConfig:
         raise ConfigError(f"config '{path}' does not exist")
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config '{path}' is not a text file; give the training config (YAML)") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config '{path}' is not valid YAML: {error}") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"config '{path}' must be a mapping of settings (name:, datasets:, ...), "
+                          f"not a YAML {type(values).__name__}")
     return TrainingConfig.from_dict(values or {})

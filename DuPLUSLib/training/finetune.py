@@ -17,11 +17,8 @@ which parameters move differs:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +28,16 @@ import torch
 
 from ..bundle import ModelBundle
 from ..devices import autocast_dtype, select_device
-from ..errors import ModelBundleError, OutputPathError
+from ..errors import ModelBundleError
 from ..text import PromptEmbeddings
-from .adapters import AdapterInfo, add_adapters, base_sha256, merge_adapters, norm_parameter_names, save_adapter
+from .adapters import (AdapterInfo, add_adapters, base_sha256, merge_adapters, norm_parameter_names, save_adapter,
+                       trainable_summary)
 from .data import PatchSampler, TrainingCase, make_case
 from .evaluate import DataSource, EvaluationCase
 
 from .loop import training_step  # fine-tuning computes the loss exactly as training does
 
-__all__ = ["FinetuneSettings", "FinetuneResult", "finetune", "prepare_cases", "register", "save_result"]
+__all__ = ["FinetuneSettings", "FinetuneResult", "finetune", "prepare_cases", "save_result"]
 
 
 @dataclass
@@ -175,7 +173,7 @@ def finetune(
             on_step(step + 1, value)
     seconds = time.perf_counter() - started
     network.eval()
-    trainable = trainable_summary_of(parameters, base_parameters)
+    trainable = trainable_summary(parameters, base_parameters)
 
     embeddings = None
     if encoder is not None:
@@ -201,12 +199,6 @@ def finetune(
         )
     adapted = _adapted_bundle(bundle, network, settings, embeddings, info, trainable)
     return FinetuneResult(adapted, network, info, embeddings, losses, seconds, trainable)
-
-
-def trainable_summary_of(parameters: Sequence[torch.nn.Parameter], base_parameters: int) -> dict:
-    trainable = sum(p.numel() for p in parameters)
-    return {"trainable_parameters": trainable, "base_parameters": base_parameters,
-            "trainable_fraction": trainable / max(base_parameters, 1)}
 
 
 def _adapted_bundle(bundle, network, settings, embeddings, info, trainable) -> ModelBundle:
@@ -237,67 +229,3 @@ def save_result(result: FinetuneResult, folder: str | Path) -> Path:
     if result.info is None:
         return result.bundle.save(folder)
     return save_adapter(folder, result.network, result.info, result.embeddings)
-
-
-# ------------------------------------------------------------------------------------ command
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("finetune", help="adapt a model to new labelled data with LoRA adapters (or fully)")
-    parser.add_argument("--model", help="base model folder (default: the bundled model)")
-    parser.add_argument("--data", action="append", required=True,
-                        help="a Decathlon folder, dicom:FOLDER (DICOM series + SEG/RTSTRUCT references), "
-                             "or phantom:CT/abdomen:seeds=A-B / mni152:seeds=A-B; repeatable")
-    parser.add_argument("--mapping", help="label mapping JSON of the Decathlon folder (default: FOLDER/mapping.json)")
-    parser.add_argument("-o", "--output", required=True, help="adapter folder (a model folder with --full)")
-    parser.add_argument("--lora-rank", type=int, default=8, help="rank of the low-rank updates (default 8)")
-    parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")
-    parser.add_argument("--text-lora-rank", type=int, default=0,
-                        help="also put peft LoRA of this rank on the text encoder (default 0: off)")
-    parser.add_argument("--no-norms", action="store_true", help="keep the normalisation affines frozen")
-    parser.add_argument("--full", action="store_true", help="train every parameter and write a full model")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", help="adapter name (default: the output folder's name)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.set_defaults(run=_run_finetune)
-
-
-def _run_finetune(args: argparse.Namespace) -> int:
-    from ..bundle import load_bundle
-    from .evaluate import parse_data_spec
-
-    output = Path(args.output)
-    if output.exists() and any(output.iterdir()) and not args.overwrite:
-        raise OutputPathError(f"'{output}' already exists and is not empty; pass --overwrite to replace it")
-    sources = [parse_data_spec(d, args.mapping) for d in args.data]
-    bundle = load_bundle(args.model)
-    settings = FinetuneSettings(
-        rank=args.lora_rank, alpha=args.lora_alpha, norms=not args.no_norms, text_lora_rank=args.text_lora_rank,
-        full=args.full, steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        seed=args.seed,
-    )
-    cases = prepare_cases(bundle, sources)
-    from tqdm import tqdm
-
-    bar = tqdm(total=settings.steps, desc="fine-tuning", unit="step", dynamic_ncols=True)
-
-    def on_step(step: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-
-    try:
-        result = finetune(bundle, cases, settings, device=args.device, name=args.name or output.name, on_step=on_step)
-    finally:
-        bar.close()
-    written = save_result(result, output)
-    inherited = list(bundle.config.inference.largest_component)
-    if inherited:  # chosen on the base model's validation data, not on these cases: say so
-        print(f"note: the {'model' if args.full else 'adapted model'} keeps the base model's post-processing: only the "
-              f"largest part of {', '.join(inherited)}. It was chosen for the base model; to choose it for the new data, "
-              "run experiments/choose_postprocessing.py on held-out cases of it.", file=sys.stderr)
-    print(json.dumps({"output": str(written), "kind": "model" if args.full else "adapter", "cases": len(cases),
-                      "steps": settings.steps, "final_loss": round(result.losses[-1], 4),
-                      "seconds": round(result.seconds, 1), "largest_component": inherited, **result.trainable}))
-    return 0

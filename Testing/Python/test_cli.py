@@ -319,6 +319,20 @@ def test_output_path_that_is_a_folder_is_refused_even_with_overwrite(ct_file, ou
     assert_refused(args, out, capsys, "a-folder")
 
 
+@pytest.mark.parametrize("name, format, message", [
+    ("liver", "nifti", "must end in .nii.gz or .nii for --format nifti"),
+    ("liver.seg.nrrd", "nifti", "must end in .nii.gz or .nii"),
+    ("liver.nii.gz", "seg.nrrd", "ends like a nifti file but --format is seg.nrrd"),
+])
+def test_an_output_name_that_contradicts_its_format_is_refused_before_the_work(ct_file, out, model, capsys,
+                                                                                name, format, message):
+    """The NIfTI writer picks the file type from the ending: a mismatch would fail after inference
+    or write one format under another's name."""
+    args = segment_args(ct_file, out, model, "--format", format)
+    args[args.index("-o") + 1] = str(out / name)
+    assert_refused(args, out, capsys, message)
+
+
 def test_probabilities_path_that_is_a_file_is_refused_before_anything_is_written(ct_file, out, model, capsys):
     (out / "maps").write_text("a file, not a folder", encoding="utf-8")
     assert_refused(segment_args(ct_file, out, model, "--probabilities", str(out / "maps")), out, capsys, "maps")

@@ -141,6 +141,22 @@ def test_a_written_case_reads_back_with_its_geometry(tmp_path, ct_abdomen):
         assert np.array_equal(masks[key], mask), key
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--mni", "--spacing", "2", "2", "4"], "give --spacing one value"),
+    (["--no-augment"], "--no-augment only applies with --mni"),
+    (["--label", "{tmp}/old.seg.nrrd"], "old.seg.nrrd' already exists"),
+])
+def test_the_cli_refuses_before_writing_anything(tmp_path, extra, message, capsys):
+    """Options it would ignore are refused, and a refused label leaves no new image behind."""
+    from DuPLUSLib.cli import main
+
+    (tmp_path / "old.seg.nrrd").write_text("a segmentation kept from before", encoding="utf-8")
+    argv = ["phantom", "--seed", "1", "-o", str(tmp_path / "case.nrrd"), *[e.format(tmp=tmp_path) for e in extra]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.seg.nrrd"]
+
+
 # ------------------------------------------------------------------------- every modality and region
 CONTEXTS = load_ontology().contexts()
 

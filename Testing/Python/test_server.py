@@ -728,6 +728,22 @@ sys.exit(code)
 '''
 
 
+@pytest.mark.parametrize("argv, code, expected", [
+    (["serve", "--port", "0"], 2, "install the server extra: pip install -e '.[server]'"),
+    (["--help"], 0, "finetune"),
+    (["segmnet"], 2, "invalid choice: 'segmnet'"),
+])
+def test_a_client_install_without_torch_or_the_server_extra_answers_cleanly(tmp_path, argv, code, expected):
+    """A client install has neither torch nor FastAPI/uvicorn: ``duplus --help`` still lists every command
+    (their modules import torch only when run), and ``duplus serve`` names the extra it needs."""
+    runner = tmp_path / "no_torch_cli.py"
+    runner.write_text(NO_TORCH_CLI, encoding="utf-8")
+    result = subprocess.run([sys.executable, str(runner), *argv], capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_S, env=worker_environment(threads=1))
+    assert result.returncode == code, result.stderr[-3000:]
+    assert expected in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
 # ------------------------------------------------------------------------------------ Slicer without torch
 def test_the_remote_client_path_runs_in_slicer_without_torch(server, tmp_path):
     """A subprocess where torch, MONAI, transformers, FastAPI and uvicorn cannot be imported runs the

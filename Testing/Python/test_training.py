@@ -361,6 +361,44 @@ def test_a_yaml_config_with_a_typo_fails_on_load(tmp_path):
         load_config(path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("- name: x\n- datasets: []\n", "must be a mapping of settings"),
+    ("just a sentence\n", "must be a mapping of settings"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not a text file"),
+])
+def test_a_config_file_that_is_not_a_mapping_of_settings_is_refused_by_name(tmp_path, text, message):
+    from DuPLUSLib.training.config import load_config
+
+    path = tmp_path / "odd.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_config(path)
+    assert "odd.yaml" in str(refused.value)
+
+
+@pytest.mark.parametrize("argv", [["train", "some.yaml", "--steps", "0"],
+                                  ["finetune", "--data", "phantom:CT/abdomen:seeds=1-1", "-o", "x", "--steps", "-3"]])
+def test_a_step_count_below_one_is_refused_not_ignored(argv, capsys):
+    """``--steps 0`` once ran the config's full count (train) or crashed after saving (finetune)."""
+    from DuPLUSLib.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_finetune_into_a_path_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    from DuPLUSLib.cli import main
+
+    (tmp_path / "adapter").write_text("not a folder", encoding="utf-8")
+    argv = ["finetune", "--data", "phantom:CT/abdomen:seeds=1-1", "-o", str(tmp_path / "adapter"),
+            "--model", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a file; -o names the folder" in err and "Traceback" not in err
+    assert (tmp_path / "adapter").read_text(encoding="utf-8") == "not a folder"
+
+
 # ------------------------------------------------------------------------- the shipped configs
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
