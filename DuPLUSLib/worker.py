@@ -21,7 +21,7 @@ with (checked against the model's saved column list before torch loads).
 
 Events on stdout (nothing else is ever written there; stray prints go to stderr)::
 
-    {"event": "ready", "pid": 123, "version": "0.1.0", "protocol": 1}
+    {"event": "ready", "pid": 123, "version": "0.1.0", "protocol": 2}
     {"event": "progress", "id": "1", "stage": "inference", "fraction": 0.4, "message": "..."}
     {"event": "done", "id": "1", "output": ..., "report": ..., "segments": [...],
      "model_reused": true, "model_load_s": 0.0, "seconds": 3.2, "device": "cpu"}

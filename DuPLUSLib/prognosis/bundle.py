@@ -31,7 +31,7 @@ from .features import BlockTransform, FeatureSpace, PatientInputs, encode_patien
 from .model import FittedHead, PrognosisConfig, PrognosisModel, SurvivalHead
 from .readout import PatientReadout, RiskReference, horizon_label
 
-__all__ = ["PROGNOSIS_FORMAT", "PrognosisBundle", "load_prognosis_bundle", "default_prognosis_dir"]
+__all__ = ["check_model_folder", "PROGNOSIS_FORMAT", "PrognosisBundle", "load_prognosis_bundle", "default_prognosis_dir"]
 
 PROGNOSIS_FORMAT = "duplus-prognosis/1"
 CONFIG_FILE = "prognosis.json"
@@ -191,6 +191,7 @@ class PrognosisBundle:
         from ..imageio import give_normal_rights
 
         folder = Path(folder)
+        check_model_folder(folder)
         if folder.exists() and any(folder.iterdir()) and not overwrite:
             raise OutputPathError(f"model folder '{folder}' exists and is not empty; choose another or pass --overwrite")
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +253,19 @@ def _fitted_head(arrays: dict[str, np.ndarray], prefix: str, width: int, config:
     head.eval()
     return FittedHead(head, arrays[f"{prefix}.event_times"], arrays[f"{prefix}.cumulative_hazard"],
                       float(arrays[f"{prefix}.risk_offset"][0]))
+
+
+def check_model_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse, before any training, a model folder that saving could not replace whole: a file, or a
+    folder holding more than a prognosis model's own files (``--overwrite`` replaces only those)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"model folder '{folder}' is a file; give a folder name with -o")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG_FILE, WEIGHTS_FILE) or p.is_dir())
+        if foreign:
+            raise OutputPathError(f"model folder '{folder}' holds {', '.join(foreign[:5])}, which is not part of a "
+                                  "prognosis model; --overwrite replaces only a model's own files: choose another folder")
 
 
 def load_prognosis_bundle(folder: str | os.PathLike[str] | None = None) -> PrognosisBundle:

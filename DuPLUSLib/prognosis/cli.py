@@ -139,7 +139,8 @@ def _run_cohort(args: argparse.Namespace) -> int:
     path = write_synthetic_cohort(args.output, args.patients, args.seed, overwrite=args.overwrite,
                                   progress=lambda m: print(m, file=sys.stderr))
     print(f"wrote {path}: {args.patients} synthetic head-and-neck patients; train with --time time_years "
-          "--event death --image-col image --seg-col segmentation")
+          "--event death --image-col image --seg-col segmentation --exclude true_log_hazard,phantom_seed "
+          "(the simulated answer and the phantom's seed are not covariates)")
     return 0
 
 
@@ -161,7 +162,15 @@ def _prepare(args: argparse.Namespace):
     print(column_table(cohort.columns, cohort.roles))
     for note in cohort.notes:
         print(f"note: {note}")
+    _check_folds(args, cohort)
     use = _names(args.features)
+    if use is not None:
+        from .features import BLOCK_ORDER
+
+        unknown = [b for b in use if b not in BLOCK_ORDER]
+        if unknown or not use:
+            raise CohortError(f"--features '{args.features}' names {'no block' if not use else ', '.join(unknown)}; "
+                              f"choose from {', '.join(BLOCK_ORDER)}")
     if use and {"image", "deep"} & set(use) and not args.image_col:
         raise CohortError("image features need --image-col and --seg-col")
     encoder = None
@@ -184,6 +193,21 @@ def _prepare(args: argparse.Namespace):
     return cohort, inputs, config, deep_model
 
 
+def _check_folds(args: argparse.Namespace, cohort) -> None:
+    """Fold counts the cohort can fill, refused before any model is fitted (not a traceback later)."""
+    from .cohort import CohortError
+
+    if args.cv_repeats < 1:
+        return
+    for option, folds in (("--cv-folds", args.cv_folds), ("--inner-folds", args.inner_folds)):
+        if folds < 2:
+            raise CohortError(f"{option} {folds}: cross-validation needs at least 2 folds")
+    events = int(cohort.event.sum())
+    if events < args.cv_folds:
+        raise CohortError(f"the cohort has {events} event(s), fewer than the {args.cv_folds} outer folds, so some test "
+                          f"folds would hold none and could not be scored; give --cv-folds {max(events, 2)} or fewer")
+
+
 def _print_selection(result, title: str) -> None:
     print(f"{title}: {result.repeats} x {result.folds}-fold outer CV; in each outer training fold a "
           f"{result.inner_folds}-fold inner CV chooses the model; same splits for every model (seed {result.seed})")
@@ -196,6 +220,10 @@ def _print_selection(result, title: str) -> None:
         print(f"  {labels.get(name, name):<24}{row['c_index_mean']:>9.3f}{row['c_index_sd_folds']:>10.3f}"
               f"{row['c_index_sd_repeats']:>12.3f}{row['ibs_mean']:>8.3f}  {chosen}")
     print(f"  chosen for the final model: {labels[result.chosen]} (best mean outer C-index)")
+    if result.unscored_test_folds:
+        print(f"note: {result.unscored_test_folds} of {len(result.chosen_per_fold)} outer test folds held no pair of "
+              "patients to compare (too few events); they are left out of every C-index mean. Fewer --cv-folds "
+              "make larger test folds")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -228,9 +256,12 @@ def _run_train(args: argparse.Namespace) -> int:
     from .model import PrognosisConfig
     from .pipeline import select_model, train_bundle
 
+    from .bundle import check_model_folder
+
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:
         raise OutputPathError(f"model folder '{output}' exists and is not empty; pass --overwrite to replace it")
+    check_model_folder(output)
     if args.model_kind == "auto" and args.cv_repeats < 1:
         raise CohortError("--model-kind auto chooses the model by nested cross-validation: give --cv-repeats 1 "
                           "or more, or fix the kind with --model-kind coxph|duplus|ensemble")

@@ -57,7 +57,7 @@ class ColumnMap:
     def load(cls, path: str | os.PathLike[str]) -> "ColumnMap":
         try:
             values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CohortError(f"column map '{path}' is unreadable: {error}") from None
         if not isinstance(values, dict) or set(values) - {"columns", "constants"}:
             raise CohortError(f"column map '{path}' must be an object with 'columns' and/or 'constants'")

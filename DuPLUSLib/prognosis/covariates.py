@@ -10,11 +10,13 @@ read as            how it enters the model
 schema field       the EHR schema's parser and numeric code (age, stage, t_stage, ...)
 numeric            the number (log1p first when it is a skewed count or level); the model
                    standardises it on the training patients and adds a missing indicator
-binary             two values: 0 for the more frequent one, 1 for the other
+binary             two values: a 0/1 column keeps its coding; otherwise 0 for the more frequent
+                   value, 1 for the other
 ordinal            a recognised scale turned into its rank: T0-T4, N0-N3, M0-M1, I-IV,
                    G1-G3, well/moderately/poorly differentiated, ECOG/PS 0-4, low/high...
 categorical        one column per level against the most frequent one; levels seen in fewer
-                   than ``max(5, 2 %)`` patients are pooled into "other"; missing is a level
+                   than ``max(5, 2 %)`` patients are pooled into "other" (or, when too few
+                   patients to make a level of their own, join the reference); missing is a level
 text               free text (many distinct multi-word values): the EHR sentence only
 dropped            constant, all missing, or a distinct value per patient (an id in disguise)
 =================  ========================================================================

@@ -11,6 +11,7 @@ that names the field and, for cohorts, the row and column.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -302,13 +303,25 @@ def numeric_encoding(record: EHRRecord) -> np.ndarray:
     ], dtype=np.float64)
 
 
+def _json_text(data: bytes) -> str:
+    """JSON text as editors write it: UTF-8 with or without a BOM, or UTF-16 with its BOM (what
+    Windows PowerShell 5's ``>`` writes)."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
+
+
 def read_patient_values(path: "str | os.PathLike[str]") -> dict:
     """An EHR JSON file -> its field: value pairs (validated against a model by ``bundle.parse_patient``)."""
     path = Path(path)
     try:
-        values = json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(_json_text(path.read_bytes()))
     except FileNotFoundError:
         raise EHRValidationError(f"EHR file '{path}' does not exist") from None
+    except OSError as error:  # a folder, no permission
+        raise EHRValidationError(f"EHR file '{path}' cannot be read: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise EHRValidationError(f"EHR file '{path}' is not UTF-8 or UTF-16 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as error:
         raise EHRValidationError(f"EHR file '{path}' is not valid JSON: {error}") from None
     if not isinstance(values, dict):

@@ -165,7 +165,11 @@ def predict_patient(bundle: PrognosisBundle, record, image_path: str | None = No
             deep = pooled_network_features(deep_model, volume, masks)[None]
     elif bundle.uses_image:
         raise EHRValidationError("this prognosis model uses image features: give --image and --segmentation")
-    return bundle.readout(record, image, deep, values, dict(covariates or {}))
+    readout = bundle.readout(record, image, deep, values, dict(covariates or {}))
+    if image_path and not bundle.uses_image:  # measured and shown, but say that they did not count
+        readout.notes.append("this model reads the health record only: the tumour was measured for the report, "
+                             "but the CT and its segmentation did not change the risk")
+    return readout
 
 
 def write_readout(readout: PatientReadout, bundle: PrognosisBundle, report: str | None, plot: str | None,

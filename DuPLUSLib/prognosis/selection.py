@@ -54,9 +54,28 @@ def fit_candidates(configs: dict[str, PrognosisConfig], inputs: PatientInputs, t
 
 
 def _c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C of one test fold; NaN where the fold holds no comparable pair (no event before
+    another patient's time), as a small fold of a cohort with few events can. Means leave such
+    folds out, and the report counts them (``unscored_test_folds``)."""
     from lifelines.utils import concordance_index
 
-    return float(concordance_index(time, -risk, event))
+    try:
+        return float(concordance_index(time, -risk, event))
+    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
+        return float("nan")
+
+
+def _scored_mean(values) -> float:
+    """The mean over the folds that could be scored (NaN if none could)."""
+    values = np.asarray(values, float)
+    scored = values[np.isfinite(values)]
+    return float(scored.mean()) if scored.size else float("nan")
+
+
+def _best(scores: dict[str, float]) -> str:
+    """The candidate with the best score (ties: the simpler one); an unscored candidate comes last."""
+    return max(scores, key=lambda n: (round(scores[n], 6) if np.isfinite(scores[n]) else -np.inf,
+                                      -CANDIDATES.index(n)))
 
 
 @dataclass
@@ -88,8 +107,12 @@ class NestedResult:
     @property
     def chosen(self) -> str:
         """The candidate trained on all patients: the best mean outer C-index (ties: the simpler one)."""
-        means = {n: float(np.mean(self.c_index[n])) for n in self.candidates}
-        return max(self.candidates, key=lambda n: (round(means[n], 6), -CANDIDATES.index(n)))
+        return _best({n: _scored_mean(self.c_index[n]) for n in self.candidates})
+
+    @property
+    def unscored_test_folds(self) -> int:
+        """Outer test folds without a comparable pair: left out of every mean (the same folds for all)."""
+        return int(np.sum(~np.isfinite(np.asarray(self.selected_c_index, float))))
 
     def summary(self) -> dict[str, dict[str, float]]:
         rows = {name: self.c_index[name] for name in self.c_index}
@@ -98,10 +121,12 @@ class NestedResult:
         table = {}
         for name, values in rows.items():
             values = np.asarray(values, float)
-            per_repeat = values.reshape(self.repeats, self.folds).mean(1)
+            per_repeat = np.array([_scored_mean(row) for row in values.reshape(self.repeats, self.folds)])
             b = np.asarray(ibs.get(name, [np.nan]), float)
-            table[name] = {"c_index_mean": float(values.mean()), "c_index_sd_folds": float(values.std()),
-                           "c_index_sd_repeats": float(per_repeat.std()),
+            table[name] = {"c_index_mean": _scored_mean(values),
+                           "c_index_sd_folds": float(np.nanstd(values)) if np.isfinite(values).any() else float("nan"),
+                           "c_index_sd_repeats": float(np.nanstd(per_repeat)) if np.isfinite(per_repeat).any()
+                           else float("nan"),
                            "ibs_mean": float(np.nanmean(b)) if np.isfinite(b).any() else float("nan")}
         return table
 
@@ -111,6 +136,7 @@ class NestedResult:
                             f"inner CV on each outer training fold; seed {self.seed}",
                 "folds": self.folds, "repeats": self.repeats, "inner_folds": self.inner_folds, "seed": self.seed,
                 "chosen": self.chosen, "chosen_per_fold_counts": counts, "summary": self.summary(),
+                "unscored_test_folds": self.unscored_test_folds,
                 "c_index": self.c_index, "ibs": self.ibs, "chosen_per_fold": self.chosen_per_fold,
                 "inner_c_index": self.inner_c_index}
 
@@ -129,7 +155,7 @@ def nested_cross_validate(inputs: PatientInputs, time: np.ndarray, event: np.nda
         inner = _inner_scores(configs, inputs.subset(train), time[train], event[train], inner_folds,
                               seed=10_000 + seed * 100 + number)
         result.inner_c_index.append(inner)
-        result.chosen_per_fold.append(max(inner, key=lambda n: (round(inner[n], 6), -CANDIDATES.index(n))))
+        result.chosen_per_fold.append(_best(inner))
         models: dict = fit_candidates(configs, inputs.subset(train), time[train], event[train])
         if baseline:
             models[BASELINE] = CoxBaseline(use_image=inputs.image is not None).fit(inputs.subset(train), time[train],
@@ -159,4 +185,4 @@ def _inner_scores(configs: dict[str, PrognosisConfig], inputs: PatientInputs, ti
         models = fit_candidates(configs, inputs.subset(train), time[train], event[train])
         for name, model in models.items():
             scores[name].append(_c_index(time[test], event[test], model.predict_risk(inputs.subset(test))))
-    return {name: float(np.mean(values)) if values else float("nan") for name, values in scores.items()}
+    return {name: _scored_mean(values) for name, values in scores.items()}

@@ -118,6 +118,7 @@ def test_predict_button_path_runs_in_the_background_and_fills_the_scene(mrml_sce
     assert logic.isBusy
     report = logic.wait(timeout_s=120)
     assert report["readout"]["image_features"]["gtvp_volume_ml"] == pytest.approx(0.45)
+    assert any("did not change the risk" in note for note in report["readout"]["notes"])  # an EHR-only model
     table, chart = logic.showReadout(report, mrml_scene)
     assert table.GetNumberOfRows() == 6 and chart.GetNumberOfPlotSeriesNodes() > 3
     assert "stage III" in logic.summaryText(report)
