@@ -161,10 +161,13 @@ class ServerClient:
         with self._open("GET", f"/jobs/{_quote(job_id)}/result?{query}") as response:
             with _atomic_file(path) as stream:
                 while True:
-                    block = response.read(1 << 20)
+                    block = self._read(response, 1 << 20)
                     if not block:
                         break
                     stream.write(block)
+                if response.length:  # http.client ends a sized read quietly when the connection drops
+                    raise self._unreachable(f"the connection closed {response.length} bytes before the end of "
+                                            "the result")
         return path
 
     def report(self, job_id: str) -> dict:
@@ -178,7 +181,7 @@ class ServerClient:
     # ---------------------------------------------------------------------------- HTTP
     def _json(self, method: str, route: str, body=None, headers: dict | None = None) -> Any:
         with self._open(method, route, body, headers) as response:
-            data = response.read()
+            data = self._read(response)
         try:
             return json.loads(data)
         except ValueError:
@@ -200,6 +203,15 @@ class ServerClient:
             raise self._error_from_answer(error, route) from None
         except urllib.error.URLError as error:
             raise self._unreachable(error.reason) from None
+        except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+            raise self._unreachable(error) from None
+
+    def _read(self, response, size: int | None = None) -> bytes:
+        """The answer's body (all of it, or up to ``size`` bytes); a stall or a dropped connection
+        while it arrives is the same ``ServerUnreachableError`` as one before it (the runner then
+        waits and retries). ``read()`` with no size checks the Content-Length; ``read(-1)`` does not."""
+        try:
+            return response.read() if size is None else response.read(size)
         except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
             raise self._unreachable(error) from None
 

@@ -594,6 +594,44 @@ def test_an_unreachable_server_or_a_wrong_address_gets_a_clear_error(server, sma
     assert "Traceback" not in result.stderr and not (tmp_path / "out.seg.nrrd").exists()
 
 
+@pytest.mark.parametrize("download", [False, True], ids=["json", "download"])
+@pytest.mark.parametrize("answer, why", [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"service\"",
+     "IncompleteRead|bytes before the end of the result"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n", "no answer within"),
+], ids=["cut", "stalled"])
+def test_an_answer_cut_or_stalled_mid_body_is_an_unreachable_server_not_a_traceback(tmp_path, answer, why, download):
+    """A loopback socket that sends the headers and then drops the connection, or stalls past the
+    client's timeout: the same class as a server that never answered, so the runner can retry."""
+    import socket as sockets
+
+    listener = sockets.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stalled = threading.Event()
+
+    def serve_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(answer)
+            if why.startswith("no answer"):
+                stalled.wait(10)  # keep the connection open, send nothing more
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ServerUnreachableError, match=why):
+            if download:
+                ServerClient(f"http://127.0.0.1:{port}", timeout_s=1.0).download_result("j1", tmp_path / "r.seg.nrrd")
+            else:
+                ServerClient(f"http://127.0.0.1:{port}", timeout_s=1.0).health()
+        assert list(tmp_path.iterdir()) == [], "a cut download left a file behind"
+    finally:
+        stalled.set()
+        thread.join(10)
+        listener.close()
+
+
 def test_a_server_of_another_protocol_version_is_refused_naming_both(server):
     with pytest.raises(ProtocolMismatchError) as refused:
         server.client(protocol=0).check()
