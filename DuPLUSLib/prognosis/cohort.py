@@ -190,6 +190,10 @@ def cohort_from_frame(
     chosen = [c for c in header if c not in role_columns and c not in set(exclude)
               and (columns is None or c in columns)]
     explicit = {f: c for f, c in column_map.columns.items() if f != "patient_id"}
+    left_out = sorted(c for c in explicit.values() if c in set(exclude) or (columns is not None and c not in columns))
+    if left_out:  # the map names them, the command leaves them out: say which wins rather than guess
+        raise CohortError(f"column(s) {', '.join(left_out)} are named in the column map and left out by "
+                          "--exclude or --columns; remove them from the map, or from --exclude (add them to --columns)")
     column_of = {f: c for f, c in mapping.items()
                  if f != "patient_id" and (f in explicit or c in chosen)}
     # a column named like a schema field that does not hold the schema's codes is typed automatically

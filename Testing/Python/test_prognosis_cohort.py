@@ -36,6 +36,16 @@ def test_column_map_renames_columns_and_sets_constants(tmp_path):
     assert cohort.ids == ["A1", "A2"] and cohort.records[0].stage == "III" and cohort.records[1].site == "oropharynx"
 
 
+@pytest.mark.parametrize("choice", [{"exclude": ["AgeDx"]}, {"columns": ["AJCC"]}])
+def test_a_mapped_column_that_the_command_leaves_out_is_refused_not_kept(tmp_path, choice):
+    """The map said use it, --exclude/--columns said leave it out: it was kept without a word."""
+    csv = _write(tmp_path, "MRN,AgeDx,AJCC,months,dead\nA1,61,III,30,1\nA2,70,II,12,0\n")
+    mapping = _write(tmp_path, json.dumps({"columns": {"patient_id": "MRN", "age": "AgeDx", "stage": "AJCC"}}),
+                     "map.json")
+    with pytest.raises(CohortError, match="AgeDx are named in the column map and left out by --exclude or --columns"):
+        load_cohort(csv, "months", "dead", ColumnMap.load(mapping), **choice)
+
+
 def test_missing_column_names_the_column_and_lists_the_others(tmp_path):
     csv = _write(tmp_path, "age,stage,time,death\n60,II,3,1\n")
     with pytest.raises(CohortError, match="column 'months' .*its columns are: age, stage, time, death"):
