@@ -80,6 +80,10 @@ CancelCallback = Callable[[], bool]
 _ = (JobNotFoundError, JobStateError, QueueFullError)  # error classes the server may name
 
 
+# What a dropped, refused or stalled connection raises, opening a request or reading its answer.
+_CONNECTION_ERRORS = (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError)
+
+
 class ServerUnreachableError(ServerError):
     """No answer at all: wrong address, server down, network or firewall in the way."""
 
@@ -203,7 +207,7 @@ class ServerClient:
             raise self._error_from_answer(error, route) from None
         except urllib.error.URLError as error:
             raise self._unreachable(error.reason) from None
-        except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+        except _CONNECTION_ERRORS as error:
             raise self._unreachable(error) from None
 
     def _read(self, response, size: int | None = None) -> bytes:
@@ -212,7 +216,7 @@ class ServerClient:
         waits and retries). ``read()`` with no size checks the Content-Length; ``read(-1)`` does not."""
         try:
             return response.read() if size is None else response.read(size)
-        except (http.client.HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+        except _CONNECTION_ERRORS as error:
             raise self._unreachable(error) from None
 
     def _error_from_answer(self, error: urllib.error.HTTPError, route: str) -> DuPLUSError:

@@ -253,10 +253,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from ..errors import OutputPathError
     from .cohort import CohortError
+    from .bundle import check_model_folder
     from .model import PrognosisConfig
     from .pipeline import select_model, train_bundle
-
-    from .bundle import check_model_folder
 
     output = Path(args.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.overwrite:

@@ -12,9 +12,11 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .covariates import harrell_c
 from .features import PatientInputs
 
-__all__ = ["repeated_kfold", "integrated_brier_score", "cross_validate", "CVResult"]
+__all__ = ["repeated_kfold", "integrated_brier_score", "cross_validate", "CVResult", "fold_c_index",
+           "scored_mean", "fold_summary"]
 
 Factory = Callable[[], object]  # returns an unfitted model with fit / predict_risk / predict_survival_function
 
@@ -68,6 +70,34 @@ def integrated_brier_score(train_time: np.ndarray, train_event: np.ndarray, test
     return float(np.trapezoid(scores, times) / (times[-1] - times[0]))
 
 
+def fold_c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C of one test fold; NaN where the fold holds no comparable pair (no event before
+    another patient's time), as a small fold of a cohort with few events can. Summaries leave such
+    folds out and count them."""
+    c = harrell_c(time, event, risk)
+    return float("nan") if c is None else c
+
+
+def scored_mean(values) -> float:
+    """The mean over the folds that could be scored (NaN if none could)."""
+    values = np.asarray(values, float)
+    scored = values[np.isfinite(values)]
+    return float(scored.mean()) if scored.size else float("nan")
+
+
+def _scored_sd(values: np.ndarray) -> float:
+    return float(np.nanstd(values)) if np.isfinite(values).any() else float("nan")
+
+
+def fold_summary(c_index, ibs, repeats: int, folds: int) -> dict[str, float]:
+    """Mean and SD of the C-index over the scored folds, the SD of the per-repeat means (the
+    split-to-split spread), and the mean IBS; unscored folds (NaN) are left out of each."""
+    values = np.asarray(c_index, float)
+    per_repeat = np.array([scored_mean(row) for row in values.reshape(repeats, folds)])
+    return {"c_index_mean": scored_mean(values), "c_index_sd_folds": _scored_sd(values),
+            "c_index_sd_repeats": _scored_sd(per_repeat), "ibs_mean": scored_mean(ibs)}
+
+
 @dataclass
 class CVResult:
     """Per-fold scores of each model: ``c_index[name][fold]``, ``ibs[name][fold]``."""
@@ -80,16 +110,8 @@ class CVResult:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Mean and SD over all folds, and the SD of the per-repeat means (the split-to-split spread)."""
-        table = {}
-        for name, values in self.c_index.items():
-            per_repeat = np.asarray(values).reshape(self.repeats, self.folds).mean(1)
-            ibs = np.asarray(self.ibs.get(name, [np.nan]))
-            table[name] = {
-                "c_index_mean": float(np.mean(values)), "c_index_sd_folds": float(np.std(values)),
-                "c_index_sd_repeats": float(np.std(per_repeat)),
-                "ibs_mean": float(np.nanmean(ibs)) if np.isfinite(ibs).any() else float("nan"),
-            }
-        return table
+        return {name: fold_summary(values, self.ibs.get(name, [np.nan]), self.repeats, self.folds)
+                for name, values in self.c_index.items()}
 
     def to_dict(self) -> dict:
         return {"folds": self.folds, "repeats": self.repeats, "seed": self.seed, "summary": self.summary(),
@@ -100,8 +122,6 @@ def cross_validate(inputs: PatientInputs, time: np.ndarray, event: np.ndarray, m
                    folds: int = 5, repeats: int = 20, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> CVResult:
     """Fit every model on every training fold and score it on the matching test fold."""
-    from lifelines.utils import concordance_index
-
     time, event = np.asarray(time, float), np.asarray(event, bool)
     result = CVResult({name: [] for name in models}, {name: [] for name in models}, folds, repeats, seed)
     splits = repeated_kfold(len(time), folds, repeats, seed)
@@ -110,7 +130,7 @@ def cross_validate(inputs: PatientInputs, time: np.ndarray, event: np.ndarray, m
         for name, factory in models.items():
             model = factory().fit(inputs.subset(train), time[train], event[train])
             risk = model.predict_risk(inputs.subset(test))
-            result.c_index[name].append(float(concordance_index(time[test], -risk, event[test])))
+            result.c_index[name].append(fold_c_index(time[test], event[test], risk))
             if grid is None:
                 result.ibs[name].append(float("nan"))
             else:

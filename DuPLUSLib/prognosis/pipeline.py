@@ -17,7 +17,6 @@ from .baseline import CoxBaseline
 from .bundle import PrognosisBundle
 from .cohort import Cohort, CohortError
 from .ehr import EHR_FIELDS, EHRValidationError, parse_ehr, read_patient_values
-from .evaluation import CVResult, cross_validate
 from .features import PatientInputs, encode_patients
 from .image_features import (MEASUREMENT_NAMES, NoTumourError, measurements_vector, pooled_network_features,
                              read_case, tumour_measurements)
@@ -25,7 +24,7 @@ from .model import PrognosisConfig, PrognosisModel
 from .selection import NestedResult, nested_cross_validate
 from .readout import PatientReadout, RiskReference, plot_readout
 
-__all__ = ["cohort_inputs", "default_blocks", "train_bundle", "evaluate_cohort", "select_model", "read_patient_ehr",
+__all__ = ["cohort_inputs", "default_blocks", "train_bundle", "select_model", "read_patient_ehr",
            "predict_patient", "write_readout", "report_payload"]
 
 Progress = Callable[[str], None]
@@ -92,13 +91,6 @@ def model_factories(config: PrognosisConfig, inputs: PatientInputs, ablations: b
     if has_image:
         models["coxph_with_image"] = lambda: CoxBaseline(use_image=True)
     return models
-
-
-def evaluate_cohort(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, folds: int = 5,
-                    repeats: int = 20, seed: int = 0, ablations: bool = True,
-                    progress: Callable[[int, int], None] | None = None) -> CVResult:
-    return cross_validate(inputs, cohort.time, cohort.event, model_factories(config, inputs, ablations),
-                          folds, repeats, seed, progress)
 
 
 def train_bundle(inputs: PatientInputs, cohort: Cohort, config: PrognosisConfig, groups: int = 3,

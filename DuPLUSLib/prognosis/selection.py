@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .baseline import CoxBaseline
-from .evaluation import _brier_grid, integrated_brier_score, repeated_kfold
+from .evaluation import _brier_grid, fold_c_index, fold_summary, integrated_brier_score, repeated_kfold, scored_mean
 from .features import PatientInputs
 from .model import LEARNT_BLOCKS, PrognosisConfig, PrognosisModel
 
@@ -51,25 +51,6 @@ def fit_candidates(configs: dict[str, PrognosisConfig], inputs: PatientInputs, t
     if "ensemble" in configs:
         models["ensemble"] = PrognosisModel.ensemble_of(models["coxph"], models["duplus"], inputs, time, event)
     return models
-
-
-def _c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C of one test fold; NaN where the fold holds no comparable pair (no event before
-    another patient's time), as a small fold of a cohort with few events can. Means leave such
-    folds out, and the report counts them (``unscored_test_folds``)."""
-    from lifelines.utils import concordance_index
-
-    try:
-        return float(concordance_index(time, -risk, event))
-    except ZeroDivisionError:  # lifelines: "No admissable pairs in the dataset."
-        return float("nan")
-
-
-def _scored_mean(values) -> float:
-    """The mean over the folds that could be scored (NaN if none could)."""
-    values = np.asarray(values, float)
-    scored = values[np.isfinite(values)]
-    return float(scored.mean()) if scored.size else float("nan")
 
 
 def _best(scores: dict[str, float]) -> str:
@@ -107,7 +88,7 @@ class NestedResult:
     @property
     def chosen(self) -> str:
         """The candidate trained on all patients: the best mean outer C-index (ties: the simpler one)."""
-        return _best({n: _scored_mean(self.c_index[n]) for n in self.candidates})
+        return _best({n: scored_mean(self.c_index[n]) for n in self.candidates})
 
     @property
     def unscored_test_folds(self) -> int:
@@ -118,17 +99,8 @@ class NestedResult:
         rows = {name: self.c_index[name] for name in self.c_index}
         rows["selected (nested)"] = self.selected_c_index
         ibs = {**self.ibs, "selected (nested)": self.selected_ibs}
-        table = {}
-        for name, values in rows.items():
-            values = np.asarray(values, float)
-            per_repeat = np.array([_scored_mean(row) for row in values.reshape(self.repeats, self.folds)])
-            b = np.asarray(ibs.get(name, [np.nan]), float)
-            table[name] = {"c_index_mean": _scored_mean(values),
-                           "c_index_sd_folds": float(np.nanstd(values)) if np.isfinite(values).any() else float("nan"),
-                           "c_index_sd_repeats": float(np.nanstd(per_repeat)) if np.isfinite(per_repeat).any()
-                           else float("nan"),
-                           "ibs_mean": float(np.nanmean(b)) if np.isfinite(b).any() else float("nan")}
-        return table
+        return {name: fold_summary(values, ibs.get(name, [np.nan]), self.repeats, self.folds)
+                for name, values in rows.items()}
 
     def to_dict(self) -> dict:
         counts = {n: self.chosen_per_fold.count(n) for n in self.candidates}
@@ -163,7 +135,7 @@ def nested_cross_validate(inputs: PatientInputs, time: np.ndarray, event: np.nda
         grid = _brier_grid(time[train], event[train], time[test])
         for name, model in models.items():
             test_inputs = inputs.subset(test)
-            result.c_index[name].append(_c_index(time[test], event[test], model.predict_risk(test_inputs)))
+            result.c_index[name].append(fold_c_index(time[test], event[test], model.predict_risk(test_inputs)))
             if grid is None:
                 result.ibs[name].append(float("nan"))
             else:
@@ -184,5 +156,5 @@ def _inner_scores(configs: dict[str, PrognosisConfig], inputs: PatientInputs, ti
             continue
         models = fit_candidates(configs, inputs.subset(train), time[train], event[train])
         for name, model in models.items():
-            scores[name].append(_c_index(time[test], event[test], model.predict_risk(inputs.subset(test))))
-    return {name: _scored_mean(values) for name, values in scores.items()}
+            scores[name].append(fold_c_index(time[test], event[test], model.predict_risk(inputs.subset(test))))
+    return {name: scored_mean(values) for name, values in scores.items()}

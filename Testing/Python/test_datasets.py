@@ -17,7 +17,7 @@ import pytest
 
 from DuPLUSLib.datasets import ChecksumError, RegistryUnreachableError, fetch_archive, get_dataset, sha256_of
 from DuPLUSLib.datasets.sources import SOURCES, TOTALSEGMENTATOR_TOTAL_CLASSES, totalsegmentator_mappings
-from DuPLUSLib.training.decathlon import iter_decathlon_cases, load_mapping
+from DuPLUSLib.training.decathlon import iter_decathlon_cases
 
 EXAMPLE = "totalsegmentator-2.18.0/tests/reference_files/"
 

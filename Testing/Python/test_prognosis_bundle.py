@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from DuPLUSLib.errors import ModelBundleError, OutputPathError
-from DuPLUSLib.prognosis.bundle import PrognosisBundle, default_prognosis_dir, load_prognosis_bundle
+from DuPLUSLib.prognosis.bundle import default_prognosis_dir, load_prognosis_bundle
 from DuPLUSLib.prognosis.cohort import cohort_from_frame, larynx_frame
 from DuPLUSLib.prognosis.features import encode_patients
 from DuPLUSLib.prognosis.model import PrognosisConfig

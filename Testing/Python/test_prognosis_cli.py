@@ -119,10 +119,11 @@ def test_evaluate_refuses_folds_and_blocks_it_cannot_use_before_fitting(tmp_path
 
 def test_a_test_fold_without_a_comparable_pair_is_left_out_of_the_means_and_counted():
     """A fold whose patients hold no event has no C-index: NaN, not a crash, and the means skip it."""
-    from DuPLUSLib.prognosis.selection import NestedResult, _c_index
+    from DuPLUSLib.prognosis.evaluation import fold_c_index
+    from DuPLUSLib.prognosis.selection import NestedResult
 
-    assert np.isnan(_c_index(np.array([1.0, 2.0, 3.0]), np.zeros(3, bool), np.array([0.3, 0.2, 0.1])))
-    assert _c_index(np.array([1.0, 2.0, 3.0]), np.ones(3, bool), np.array([0.3, 0.2, 0.1])) == 1.0
+    assert np.isnan(fold_c_index(np.array([1.0, 2.0, 3.0]), np.zeros(3, bool), np.array([0.3, 0.2, 0.1])))
+    assert fold_c_index(np.array([1.0, 2.0, 3.0]), np.ones(3, bool), np.array([0.3, 0.2, 0.1])) == 1.0
     result = NestedResult({"coxph": [0.7, np.nan, 0.5, 0.6], "duplus": [0.6, np.nan, 0.6, 0.8]},
                           {"coxph": [0.2] * 4, "duplus": [0.2] * 4}, chosen_per_fold=["coxph", "duplus", "duplus", "coxph"],
                           folds=2, repeats=2)

@@ -1,7 +1,6 @@
 """The engine's own sliding window against MONAI's ``sliding_window_inference``, which it replaces
 (to spare the command MONAI's import): the same windows, padding, blending and result."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -13,7 +13,7 @@ import torch
 
 from DuPLUSLib.imageio import VolumeImage
 from DuPLUSLib.synthesis import SynthesisSettings, label_map_from_real_ct, synthesise
-from DuPLUSLib.synthesis.labelmap import AIR_OUTSIDE, FAT, OTHER_BONE, OTHER_SOFT
+from DuPLUSLib.synthesis.labelmap import AIR_OUTSIDE
 from DuPLUSLib.training.config import ConfigError, TrainingConfig
 from DuPLUSLib.training.data import case_specs
 from DuPLUSLib.training.decathlon import toy_case, write_toy_dataset
