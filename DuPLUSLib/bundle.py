@@ -42,6 +42,7 @@ __all__ = [
 BUNDLE_FORMAT = "duplus-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
 EMBEDDINGS_FILE = "prompt_embeddings.safetensors"
+BODY_CONSTRAINT_MODALITIES = frozenset({"CT"})  # the modalities body_region can find a body in
 
 
 @dataclass
@@ -55,6 +56,7 @@ class InferenceSettings:
     window_batch: int = 2
     threshold: float = 0.5
     largest_component: tuple[str, ...] = ()  # structures kept as their largest connected part (postprocessing.py)
+    body_constraint: tuple[str, ...] = ()  # modalities whose predictions are cut to the body region (body_region.py)
     normalisation: dict[str, IntensityNormalisation] = field(default_factory=lambda: dict(DEFAULT_NORMALISATION))
 
     def unknown_structures(self, ontology: Ontology) -> list[str]:
@@ -79,7 +81,13 @@ class InferenceSettings:
         names = values.get("largest_component", [])
         if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
             raise ModelBundleError(f"inference.largest_component must be a list of structure keys, not {names!r}")
-        for key in ("spacing", "patch_size", "largest_component"):
+        modalities = values.get("body_constraint", [])
+        if not isinstance(modalities, (list, tuple)) or not set(modalities) <= BODY_CONSTRAINT_MODALITIES:
+            raise ModelBundleError(
+                f"inference.body_constraint must be a list of modalities among {sorted(BODY_CONSTRAINT_MODALITIES)} "
+                f"(the body is found from calibrated units), not {modalities!r}"
+            )
+        for key in ("spacing", "patch_size", "largest_component", "body_constraint"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -31,6 +31,7 @@ from .imageio import (
     read_image,
 )
 from .ontology import Prompt, load_ontology
+from .body_region import ct_body_region, cut_to_region
 from .postprocessing import DroppedParts, keep_largest_part
 from .sliding_window import sliding_window, window_count
 from .preprocessing import (
@@ -60,10 +61,12 @@ class SegmentationResult:
     device: str = "cpu"
     probabilities: dict[str, np.ndarray] | None = None  # prompt key -> float32 [k, j, i], if asked
     dropped: dict[str, DroppedParts] = field(default_factory=dict)  # prompt key -> what keeping its largest part removed
+    outside_body_ml: dict[str, float] = field(default_factory=dict)  # prompt key -> found outside the body, removed
 
     def report(self) -> dict:
         """What the JSON report says: one entry per segment, volumes in millilitres, and for a
-        structure the model keeps as its largest part what that removed (``check``: enough to look)."""
+        structure the model keeps as its largest part what that removed (``check``: enough to look), and
+        for a prompt cut to the body region what it found outside (``outside_body_ml``; None: not cut)."""
         voxel_ml = float(np.prod(self.reference.spacing)) / 1000.0
         entries = []
         for prompt, segment in zip(self.prompts, self.segments):
@@ -85,6 +88,7 @@ class SegmentationResult:
                     "dropped_parts": dropped.parts if dropped else 0,
                     "dropped_ml": round(dropped.volume_ml, 3) if dropped else 0.0,
                     "check": bool(dropped and dropped.worth_checking),
+                    "outside_body_ml": self.outside_body_ml.get(prompt.key),
                 }
             )
         return {
@@ -180,12 +184,19 @@ class Segmenter:
         segments: list[SegmentMask] = []
         kept: dict[str, np.ndarray] = {}
         dropped: dict[str, DroppedParts] = {}
+        outside_body_ml: dict[str, float] = {}
         model_voxel_ml = float(np.prod(model_image.spacing)) / 1000.0
+        cut_to_body = {p.key for p in prompts if p.modality in self.settings.body_constraint}  # only CT, so far
+        body = ct_body_region(model_image.array) if cut_to_body else None
         for index, prompt in enumerate(prompts):
             if cancel():
                 raise CancelledError("segmentation cancelled")
             progress("postprocessing", index / len(prompts), f"resampling {prompt.structure} to the input grid")
             probability = probabilities_model.pop(prompt.key)
+            if prompt.key in cut_to_body:
+                probability, outside_body_ml[prompt.key] = cut_to_region(
+                    probability, body, self.settings.threshold, model_voxel_ml
+                )
             if prompt.structure in self.settings.largest_component:
                 probability, dropped[prompt.key] = keep_largest_part(probability, self.settings.threshold, model_voxel_ml)
             on_model_grid = model_image.with_array(probability)
@@ -208,6 +219,7 @@ class Segmenter:
             device=str(self.device),
             probabilities=kept if keep_probabilities else None,
             dropped=dropped,
+            outside_body_ml=outside_body_ml,
         )
 
     # ------------------------------------------------------------------------------ internals

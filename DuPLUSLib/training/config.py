@@ -215,6 +215,7 @@ class TrainingConfig:
         values["training"].pop("steps")
         values["training"].pop("export_every")  # when the bundle is written changes nothing trained
         values["inference"].pop("largest_component", None)  # post-processing, chosen after training
+        values["inference"].pop("body_constraint", None)
         if values["training"]["loader_workers"] == 0:
             values["training"].pop("loader_workers")
         for dataset in values["datasets"]:
