@@ -30,8 +30,10 @@ __all__ = [
     "IMPORTED_STRUCTURE_TAG",
     "ImportedSegment",
     "clashing_segment_names",
+    "check_output_segmentation",
     "check_volume_node",
     "import_segmentation",
+    "is_segmentation_of",
     "imported_segments",
     "volume_image_from_node",
     "volume_node_from_image",
@@ -170,6 +172,27 @@ def clashing_segment_names(segmentation_node, names: Iterable[str]) -> list[str]
     return [name for name in names if name.lower() in existing]
 
 
+def check_output_segmentation(segmentation_node, volume_node) -> None:
+    """Refuse an output segmentation whose segments would not line up with a result for
+    ``volume_node``: one under another parent transform (``None``: a new node, always fine).
+
+    Checked before a run starts, so the user learns it before waiting for the model, and again on
+    import."""
+    if segmentation_node is not None and segmentation_node.GetTransformNodeID() != volume_node.GetTransformNodeID():
+        raise OutputPathError(
+            f"segmentation '{segmentation_node.GetName()}' is under another transform than the volume "
+            f"'{volume_node.GetName()}', so its segments and the new ones would not line up; "
+            "choose a new output segmentation, or put both under the same transform first"
+        )
+
+
+def is_segmentation_of(segmentation_node, volume_node) -> bool:
+    """Whether ``segmentation_node`` was made on ``volume_node`` (its reference geometry), so that
+    adding a result for that volume to it is what the user expects."""
+    role = segmentation_node.GetReferenceImageGeometryReferenceRole()
+    return segmentation_node.GetNodeReference(role) is volume_node
+
+
 def import_segmentation(
     seg_path: str | os.PathLike[str],
     reference_volume_node,
@@ -183,9 +206,11 @@ def import_segmentation(
     With ``segmentation_node=None`` a new node named after the input volume is made; otherwise the
     segments are added to the given node. A segment whose name the node already has is refused
     with :class:`OutputPathError` unless ``replace=True``, which swaps it in at the same place.
-    Segments keep the file's names, colours, terminology and ``DuPLUS.*`` tags. The node takes the
+    Segments keep the file's names, colours, terminology and ``DuPLUS.*`` tags. A new node takes the
     input volume as reference geometry and parent transform, and is put beside the input in the
-    subject hierarchy (under its study) when the scene has one.
+    subject hierarchy (under its study) when the scene has one. A given node keeps its own transform
+    and place: moving it would move the segments already in it, so a node under another transform
+    than the input's is refused with :class:`OutputPathError`.
     """
     slicer = _slicer()
     if reference_volume_node is None:
@@ -204,8 +229,11 @@ def import_segmentation(
             f"{', '.join(clashes)}; choose a new output segmentation, or confirm replacing them"
         )
 
+    check_output_segmentation(segmentation_node, reference_volume_node)
+
     # Everything is read and checked: from here on the scene changes.
-    if segmentation_node is None:
+    created = segmentation_node is None
+    if created:
         segmentation_node = scene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", name or f"{reference_volume_node.GetName()} segmentation"
         )
@@ -223,8 +251,9 @@ def import_segmentation(
         added = next(i for i in new_ids if i not in before)
         if segment_name.lower() in replaced_positions:
             target.SetSegmentIndex(added, replaced_positions[segment_name.lower()])
-    segmentation_node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
-    _place_beside_in_hierarchy(segmentation_node, reference_volume_node)
+    if created:
+        segmentation_node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
+        _place_beside_in_hierarchy(segmentation_node, reference_volume_node)
     if show_3d:
         segmentation_node.CreateClosedSurfaceRepresentation()
     return segmentation_node

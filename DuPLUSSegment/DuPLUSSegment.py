@@ -16,7 +16,7 @@ from pathlib import Path
 
 import slicer
 
-from DuPLUSLib import cascade
+from DuPLUSLib import cascade, mrml
 from DuPLUSLib.errors import DuPLUSError
 from DuPLUSLib.progress import overall_percent
 from DuPLUSLib.scripted_module import (IN_SLICER_APPLICATION, BackgroundRunWidget, ScriptedLoadableModule,
@@ -222,8 +222,18 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         self._parameterNode.structures = [widget.item(row).data(qt.Qt.UserRole) for row in range(widget.count)
                                           if widget.item(row).checkState() == qt.Qt.Checked]
 
+    def onSceneEndClose(self, caller=None, event=None) -> None:
+        self._lastGuessedVolumeId = None  # the next scene reuses node IDs: guess its first volume anew
+        self.ui.modalityGuessLabel.text = ""
+        BackgroundRunWidget.onSceneEndClose(self, caller, event)
+
     def onInputVolumeChanged(self, node) -> None:
-        """Suggest a modality (and region) for a newly selected volume; the user can change it."""
+        """Suggest a modality (and region) for a newly selected volume; the user can change it. A
+        previous result made on another volume stops being the output, so the next result does not
+        land in another patient's segmentation."""
+        output = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if node is not None and output is not None and not mrml.is_segmentation_of(output, node):
+            self._parameterNode.outputSegmentation = None
         if node is None or node.GetID() == self._lastGuessedVolumeId or self._parameterNode is None:
             return
         self._lastGuessedVolumeId = node.GetID()
@@ -286,7 +296,7 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
                               onFinished=self.onFinished, onError=self.onError, onCancelled=self.onCancelled,
                               server=node.serverUrl if node.remoteServer else None, apiKey=self.ui.apiKeyLineEdit.text,
                               startTimer=False)  # this widget polls with its own timer, which also shows the time
-        except DuPLUSError as error:
+        except Exception as error:  # a full disk or no memory as much as bad input: say so, keep Slicer usable
             self.onError(error)
             return
         self.pollTimer.start()
@@ -317,7 +327,7 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         self.updateApplyButton()
 
     def onError(self, error: BaseException) -> None:
-        self.ui.statusLabel.text = _("Failed: {message}").format(message=str(error).splitlines()[0])
+        self.ui.statusLabel.text = _("Failed: {message}").format(message=(str(error) or type(error).__name__).splitlines()[0])
         self.ui.logTextEdit.appendPlainText(str(error))
         slicer.util.errorDisplay(str(error), windowTitle=_("DuPLUS Segment"))
         self.updateApplyButton()

@@ -248,6 +248,7 @@ class SegmentLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModuleL
         if model and not Path(model).is_dir():
             raise ModelBundleError(f"model folder '{model}' does not exist")
         names = tuple(ontology.structures[p.structure].name for p in parsed.values())
+        mrml.check_output_segmentation(segmentationNode, volumeNode)
         clashes = tuple(mrml.clashing_segment_names(segmentationNode, names))
         return SegmentRequest(volumeNode, image, tuple(parsed.values()), names, clashes, segmentationNode,
                               replace, device or "auto", model or None, showIn3D)

@@ -224,3 +224,37 @@ def test_closed_surface_is_made_when_3d_is_asked_for(engine_result):
 
 def mrml_scene_of(node):
     return node.GetScene()
+
+
+def test_an_existing_node_under_another_transform_is_refused_and_left_where_it_is(engine_result):
+    volume, path, _ = engine_result
+    scene = mrml_scene_of(volume)
+    registration = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    existing.SetAndObserveTransformNodeID(registration.GetID())
+    existing.GetSegmentation().AddEmptySegment("hand_drawn", "my organ")
+    with pytest.raises(OutputPathError, match="another transform"):
+        mrml.import_segmentation(path, volume, segmentation_node=existing)
+    assert existing.GetTransformNodeID() == registration.GetID()
+    assert [s.name for s in mrml.imported_segments(existing)] == ["my organ"]
+
+
+def test_an_existing_node_keeps_its_place_in_the_subject_hierarchy(engine_result):
+    volume, path, _ = engine_result
+    scene = mrml_scene_of(volume)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient")
+    hierarchy.CreateItem(hierarchy.CreateStudyItem(patient, "study"), volume)
+    folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "my work")
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    hierarchy.CreateItem(folder, existing)
+    mrml.import_segmentation(path, volume, segmentation_node=existing)
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(existing)) == folder
+
+
+def test_a_segmentation_knows_the_volume_it_was_made_on(engine_result):
+    volume, path, _ = engine_result
+    node = mrml.import_segmentation(path, volume)
+    other = add_oblique_volume(shape_kji=(4, 5, 6))
+    assert mrml.is_segmentation_of(node, volume)
+    assert not mrml.is_segmentation_of(node, other)

@@ -213,6 +213,15 @@ def test_existing_segments_are_not_overwritten_silently(logic, sphere, model_dir
     assert [s.name for s in replaced] == ["liver"] and replaced[0].structure == "liver"
 
 
+def test_an_output_under_another_transform_is_refused_before_the_run(logic, sphere, model_dir, mrml_scene):
+    volume, _ = sphere
+    existing = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    existing.SetAndObserveTransformNodeID(mrml_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode").GetID())
+    with pytest.raises(OutputPathError, match="another transform"):
+        logic.prepare(volume, PROMPTS, existing, model=str(model_dir))
+    assert not logic.isBusy
+
+
 # ----------------------------------------------------------------------------- cancel and crash
 def test_cancel_mid_run_leaves_the_scene_as_it_was_and_no_process(own_logic, sphere, model_dir, mrml_scene):
     volume, _ = sphere
