@@ -158,10 +158,7 @@ def compose(
                 if region is None:
                     raise
                 prompts.extend(ontology.parse(text, modality=modality, region=region))
-    unique: dict[str, Prompt] = {}
-    for prompt in prompts:
-        unique.setdefault(prompt.key, prompt)
-    return list(unique.values())
+    return ontology.parse_many(prompts)  # repeats dropped, a structure asked for twice refused
 
 
 # ------------------------------------------------------------------------------------ the guesses

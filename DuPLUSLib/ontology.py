@@ -251,12 +251,23 @@ class Ontology:
         """Parse several prompts, dropping repeats but keeping their order.
 
         :class:`Prompt` objects, already parsed, pass through as they are: parse user text once, at
-        the entry point, and hand the parsed prompts on.
+        the entry point, and hand the parsed prompts on. One structure asked for in two regions
+        (``CT/thorax/*`` and ``CT/abdomen/*`` both hold the aorta) is refused: a segmentation holds
+        one segment, one file, per structure, so one of the two results would be lost.
         """
         seen: dict[str, Prompt] = {}
         for text in texts:
             for prompt in [text] if isinstance(text, Prompt) else self.parse(text, modality, region):
                 seen.setdefault(prompt.key, prompt)
+        by_structure: dict[str, Prompt] = {}
+        for prompt in seen.values():
+            first = by_structure.setdefault(prompt.structure, prompt)
+            if first is not prompt:
+                raise UnknownPromptError(
+                    f"'{prompt.structure}' is asked for twice ({first.key} and {prompt.key}), but a "
+                    "segmentation holds one segment per structure; ask for it in one region (list the other "
+                    "region's structures instead of '*'), or segment each region into its own output"
+                )
         return list(seen.values())
 
     # ------------------------------------------------------------------------------- prompt text

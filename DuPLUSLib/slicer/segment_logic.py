@@ -239,10 +239,7 @@ class SegmentLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModuleL
             raise WorkerError("a segmentation is already running; wait for it or cancel it")
         image = mrml.volume_image_from_node(volumeNode)
         ontology = load_ontology()
-        texts = [p for p in prompts if not isinstance(p, Prompt)]
-        parsed = {p.key: p for p in prompts if isinstance(p, Prompt)}
-        for prompt in ontology.parse_many(texts) if texts else []:
-            parsed.setdefault(prompt.key, prompt)
+        parsed = {p.key: p for p in ontology.parse_many(prompts)}
         if not parsed:
             raise UnknownPromptError("no structure chosen: give at least one prompt")
         if model and not Path(model).is_dir():

@@ -272,3 +272,12 @@ def test_any_text_either_parses_to_valid_prompts_or_is_refused_with_unknown_prom
     assert prompts
     for prompt in prompts:
         assert prompt.structure in ONTOLOGY.structures_of(prompt.modality, prompt.region)
+
+
+def test_one_structure_asked_for_in_two_regions_is_refused_before_any_work():
+    """The thorax and the abdomen both hold the aorta; a segmentation holds one segment per structure."""
+    ontology = load_ontology()
+    with pytest.raises(UnknownPromptError, match="'aorta' is asked for twice \\(CT/thorax/aorta and CT/abdomen/aorta\\)"):
+        ontology.parse_many(["CT/thorax/*", "CT/abdomen/*"])
+    assert [p.key for p in ontology.parse_many(["CT/abdomen/aorta", "CT/abdomen/aorta", "CT/abdomen/liver"])] == [
+        "CT/abdomen/aorta", "CT/abdomen/liver"]
