@@ -90,7 +90,49 @@ class InferenceSettings:
         for key in ("spacing", "patch_size", "largest_component", "body_constraint"):
             if key in values:
                 values[key] = tuple(values[key])
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse values that would fail or mislead only at the first window (or never): a grid
+        or window that is not three positive sizes, an overlap of a whole window (no progress),
+        a threshold no probability can cross, an unknown normalisation mode."""
+        problems = []
+        if len(self.spacing) != 3 or not all(isinstance(v, (int, float)) and v > 0 for v in self.spacing):
+            problems.append(f"spacing must be three sizes in mm above 0, not {list(self.spacing)}")
+        if len(self.patch_size) != 3 or not all(isinstance(v, int) and v > 0 for v in self.patch_size):
+            problems.append(f"patch_size must be three whole numbers of voxels above 0, not {list(self.patch_size)}")
+        if not 0.0 <= self.overlap < 1.0:
+            problems.append(f"overlap must be at least 0 and below 1 (a share of the window), not {self.overlap}")
+        if not (isinstance(self.window_batch, int) and self.window_batch >= 1):
+            problems.append(f"window_batch must be a whole number of at least 1, not {self.window_batch}")
+        if not 0.0 < self.threshold < 1.0:
+            problems.append(f"threshold must lie between 0 and 1 (a probability), not {self.threshold}")
+        for modality, normalisation in self.normalisation.items():
+            if normalisation.mode not in ("window", "zscore"):
+                problems.append(f"normalisation.{modality}.mode must be 'window' or 'zscore', not {normalisation.mode!r}")
+            if not normalisation.high > normalisation.low:
+                problems.append(f"normalisation.{modality}: high ({normalisation.high}) must be above low ({normalisation.low})")
+        if problems:
+            raise ModelBundleError("invalid inference settings: " + "; ".join(problems))
+
+
+def _check_network_fits_settings(network: NetworkConfig, settings: InferenceSettings) -> None:
+    """Every modality the network takes needs a normalisation, and the window must be a size the
+    network can halve at each stage; otherwise the first segmentation fails (a KeyError, a shape error)."""
+    missing = [m for m in network.modalities if m not in settings.normalisation]
+    if missing:
+        raise ModelBundleError(
+            f"inference.normalisation has no entry for {', '.join(missing)}, which the network takes; "
+            "add one per modality (a block listing some modalities replaces the defaults, it does not add to them)"
+        )
+    bad = [s for s in settings.patch_size if s % network.size_multiple]
+    if bad:
+        raise ModelBundleError(
+            f"inference.patch_size {list(settings.patch_size)} must be multiples of {network.size_multiple} "
+            f"for a network of {len(network.channels)} stages"
+        )
 
 
 @dataclass
@@ -134,6 +176,7 @@ class BundleConfig:
         if not isinstance(values.get("inference"), dict):
             raise ModelBundleError("config.json: 'inference' must be an object")
         values["inference"] = InferenceSettings.from_dict(values["inference"])
+        _check_network_fits_settings(values["network"], values["inference"])
         if not isinstance(values.get("ontology_version"), str):
             raise ModelBundleError("config.json: 'ontology_version' must be a string such as \"1.0.0\"")
         files = values.get("files", {})

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine_fixtures import TEXT_DIM, bundle_of, one_thread, random_network, random_prompt_embeddings  # noqa: F401
+from engine_fixtures import (  # noqa: F401
+    TEXT_DIM, bundle_of, one_thread, random_network, random_prompt_embeddings, save_random_bundle,
+)
 from DuPLUSLib.bundle import BUNDLE_FORMAT, load_bundle, sha256_of
 from DuPLUSLib.errors import ModelBundleError
 from DuPLUSLib.ontology import Prompt, load_ontology
@@ -292,3 +294,36 @@ def test_prompt_outside_the_cache_is_encoded_on_demand_by_the_bundled_text_encod
     assert unicorn in loaded.embeddings and len(loaded.embeddings) == 4
     # a real sentence encoder: two wordings of the same scan are closer than an unrelated sentence
     assert vectors[1] @ vectors[2] > vectors[1] @ vectors[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"overlap": 1.0}, "overlap must be at least 0 and below 1"),
+        ({"window_batch": 0}, "window_batch must be a whole number of at least 1"),
+        ({"threshold": 1.5}, "threshold must lie between 0 and 1"),
+        ({"spacing": [0, 2, 2]}, "spacing must be three sizes in mm above 0"),
+        ({"patch_size": [32, 32]}, "patch_size must be three whole numbers"),
+        ({"patch_size": [33, 33, 33]}, "must be multiples of"),
+        ({"normalisation": {"CT": {"mode": "minmax", "low": 0, "high": 1}}}, "mode must be 'window' or 'zscore'"),
+    ],
+)
+def test_inference_settings_that_would_fail_at_the_first_window_are_refused_on_load(tmp_path, change, message):
+    folder = _bundle_with_inference(tmp_path, change)
+    with pytest.raises(ModelBundleError, match=message):
+        load_bundle(folder)
+
+
+def test_a_normalisation_block_missing_a_modality_of_the_network_is_refused(tmp_path):
+    """A block listing only CT replaces the defaults: MRI would fail with a KeyError at its first case."""
+    folder = _bundle_with_inference(tmp_path, {"normalisation": {"CT": {"mode": "window", "low": -1000, "high": 1000}}})
+    with pytest.raises(ModelBundleError, match="normalisation has no entry for .*MRI"):
+        load_bundle(folder)
+
+
+def _bundle_with_inference(tmp_path, change: dict):
+    folder = save_random_bundle(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["inference"].update(change)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
