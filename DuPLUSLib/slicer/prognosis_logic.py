@@ -336,6 +336,7 @@ class PrognosisLogic(ServerConnection, CancelOnSceneClose, ScriptedLoadableModul
     def _node(scene, className: str, name: str):
         """The node this module made under ``name`` before, or a new one."""
         nodes = scene.GetNodesByClass(className)
+        nodes.UnRegister(scene)  # the scene hands over a new collection; as slicer.util.getNodesByClass does
         for index in range(nodes.GetNumberOfItems()):
             node = nodes.GetItemAsObject(index)
             if node.GetAttribute(READOUT_ATTRIBUTE) == name:

@@ -76,6 +76,15 @@ def test_showing_a_second_readout_reuses_the_nodes(mrml_scene, larynx_report):
     assert mrml_scene.GetNumberOfNodes() == count
 
 
+def test_a_readout_holds_no_node_once_the_scene_is_closed(mrml_scene, larynx_report):
+    """GetNodesByClass hands over a new collection; one not released keeps every node in it alive."""
+    logic = DuPLUSPrognosis.DuPLUSPrognosisLogic()
+    table, chart = logic.showReadout(larynx_report, mrml_scene)
+    logic.showReadout(larynx_report, mrml_scene)  # looks the nodes up again
+    mrml_scene.Clear(0)
+    assert table.GetReferenceCount() == 1 and chart.GetReferenceCount() == 1  # only these Python names
+
+
 def test_tumour_masks_come_from_the_segmentation_node_on_the_volume_grid(mrml_scene):
     volume, segmentation = _volume_with_tumour(mrml_scene)
     masks = DuPLUSPrognosis.DuPLUSPrognosisLogic.tumourMasks(segmentation, volume)
