@@ -539,8 +539,9 @@ class BackgroundRunner(RunDelivery):
         try:
             self._worker.send(request)
         except WorkerError:
-            self._finish_with_error(self._death_error())
-            raise
+            error = self._death_error()
+            self._finish()  # raised, not also delivered: the caller reports it once, as for a failed start
+            raise error from None
         return self._run.request_id
 
     def poll(self) -> bool:

@@ -416,3 +416,21 @@ def test_an_error_event_becomes_the_library_exception_it_names_wherever_that_is_
     assert type(dataset) is DatasetError and str(dataset) == "dataset.json names imagesTr/x.nii.gz"
     foreign = error_from_event({"error": "KeyError", "message": "'spacing'"})  # not a library error
     assert type(foreign) is WorkerError and str(foreign) == "KeyError: 'spacing'"
+
+
+def test_a_request_the_worker_cannot_take_is_raised_once_and_not_also_delivered(input_path, model_dir, tmp_path):
+    """A worker that closed its input: submit raises, and the error callback stays silent, so the
+    module shows one error dialog, not two."""
+    launcher = tmp_path / "deaf.sh"
+    launcher.write_text("#!/bin/sh\nexec 0<&-\nsleep 5\n", encoding="utf-8")
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    runner = SegmentationRunner(python=str(launcher), threads=1)
+    try:
+        recorder = Recorder()
+        time.sleep(0.2)
+        with pytest.raises(WorkerError):
+            runner.submit(request(input_path, model_dir), recorder)
+        assert not [e for e in recorder.events if e[0] == "error"]
+        assert runner.state is RunnerState.IDLE
+    finally:
+        runner.shutdown()
