@@ -71,8 +71,26 @@ PROGNOSIS_REQUIREMENTS: tuple[Requirement, ...] = _SHARED
 def missing_requirements(
     requirements: Sequence[Requirement], find_spec: Callable[[str], object] = importlib.util.find_spec
 ) -> list[Requirement]:
-    """The requirements whose module this Python cannot import (checked without importing it)."""
-    return [r for r in requirements if find_spec(r.module) is None]
+    """The requirements whose module this Python cannot import, or whose installed version is
+    older than the requirement asks (another extension may have installed an older MONAI); checked
+    without importing them."""
+    return [r for r in requirements if find_spec(r.module) is None or not _version_satisfies(r.pip)]
+
+
+def _version_satisfies(pip_requirement: str) -> bool:
+    """Whether the installed distribution meets ``pip_requirement``'s version; True when that cannot
+    be told (no version in the requirement, no metadata, ``packaging`` missing): the import decides."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        from packaging.requirements import InvalidRequirement
+        from packaging.requirements import Requirement as PipRequirement
+    except ImportError:
+        return True
+    try:
+        wanted = PipRequirement(pip_requirement)
+        return wanted.specifier.contains(version(wanted.name), prereleases=True)
+    except (InvalidRequirement, PackageNotFoundError, ValueError):
+        return True
 
 
 class PackageBackend(Protocol):

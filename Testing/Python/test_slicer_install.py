@@ -15,7 +15,8 @@ import pytest
 
 from DuPLUSLib.errors import MissingDependencyError
 from DuPLUSLib.slicer.install import (PROGNOSIS_REQUIREMENTS, SEGMENT_REQUIREMENTS, TORCH, DependencyInstaller,
-                                      Requirement, SlicerPackageBackend, install_with_error_display)
+                                      Requirement, SlicerPackageBackend, install_with_error_display,
+                                      missing_requirements)
 
 slicer = pytest.importorskip("slicer")
 
@@ -179,3 +180,11 @@ def test_both_logics_install_through_their_installer(mrml_scene):
         assert logic.missingDependencies() == ["safetensors>=0.4", "slicerio>=1.1"]
         with pytest.raises(MissingDependencyError):
             logic.installDependencies(confirm=lambda question: False)
+
+
+def test_a_package_older_than_required_counts_as_missing():
+    """Found but too old (another extension installed it) is as good as missing: offer the install."""
+    numpy_now = Requirement("numpy", "numpy>=1.0")
+    numpy_future = Requirement("numpy", "numpy>=999")
+    assert missing_requirements([numpy_now, numpy_future]) == [numpy_future]
+    assert missing_requirements([Requirement("yaml", "pyyaml>=1.0")]) == []  # module and distribution differ
