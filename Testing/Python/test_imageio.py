@@ -91,6 +91,83 @@ def test_folder_with_two_dicom_series_is_refused_naming_both(tmp_path):
         read_image(tmp_path, series_uid="1.2.3")
 
 
+def write_slices(folder, positions, row=(1.0, 0.0, 0.0), column=(0.0, 1.0, 0.0), uid="1.2.826.0.1.3680043.8.498.5001"):
+    """One 8 x 8 DICOM slice per position (LPS mm), in the plane of ``row`` and ``column``, as a
+    scanner writes them: each file says where it lies, nothing says how far apart they are."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k, position in enumerate(positions):
+        slice_ = sitk.GetImageFromArray(np.full((8, 8), 100 + k, dtype=np.int16))
+        tags = {
+            "0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.8.498.1001", "0020|000e": uid, "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{c:.10g}" for c in position),
+            "0020|0037": "\\".join(f"{c:.10g}" for c in (*row, *column)),
+            "0028|0030": "0.8\\0.8",
+        }
+        for tag, value in tags.items():
+            slice_.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused_naming_the_gap(tmp_path):
+    image, _ = sphere_volume(shape_ijk=(8, 8, 6), direction=np.eye(3))  # slices 2.5 mm apart
+    write_dicom_series(image, tmp_path, "1.2.826.0.1.3680043.8.498.4001")
+    (tmp_path / "4001_003.dcm").unlink()
+    with pytest.raises(InputImageError, match=r"lacks 1 slice between positions \(-12.5, 30.25, -2\) and \(-12.5, 30.25, 3\) mm "
+                                              r"\(before '4001_004.dcm'\).*2.5 mm apart.*Copy the series again") as caught:
+        read_image(tmp_path)
+    assert str(tmp_path) in str(caught.value) and "save it as .nrrd" in str(caught.value)
+    uneven = tmp_path / "uneven"
+    uneven.mkdir()
+    write_slices(uneven, [(0, 0, z) for z in (0.0, 2.0, 4.0, 7.0, 9.0)])
+    with pytest.raises(InputImageError, match=r"unevenly spaced: 3 mm apart .*before 'slice_003.dcm'.*others are 2 mm"):
+        read_image(uneven)
+
+
+def test_slice_positions_rounded_as_scanners_write_them_are_read_as_a_regular_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    write_slices(tmp_path, [(0.0, 0.0, np.round(1.25 * k + rng.uniform(-0.004, 0.004), 3)) for k in range(12)])
+    volume = read_image(tmp_path)
+    assert volume.array.shape == (12, 8, 8)
+    np.testing.assert_allclose(volume.spacing[2], 1.25, atol=0.01)
+
+
+def test_a_gantry_tilted_or_turning_dicom_series_is_refused_naming_the_tilt(tmp_path):
+    """A tilted gantry images planes turned about the left-right axis while the table moves along
+    the body's axis: the slices step 15 degrees off their normal."""
+    tilt = np.radians(15.0)
+    column = (0.0, np.cos(tilt), -np.sin(tilt))
+    write_slices(tmp_path, [(0.0, 0.0, 3.0 * k) for k in range(6)], column=column)
+    with pytest.raises(InputImageError, match=r"gantry tilt of 15.0 degrees: from 'slice_001.dcm' on.*"
+                                              r"load it in 3D Slicer.*save it as .nrrd") as caught:
+        read_image(tmp_path)
+    assert str(tmp_path) in str(caught.value)
+    turning = tmp_path / "turning"
+    turning.mkdir()
+    write_slices(turning, [(0.0, 0.0, 3.0 * k) for k in range(4)])
+    write_slices(turning, [(0.0, 0.0, 12.0)], column=column)  # overwrites slice_000 with a turned plane
+    with pytest.raises(InputImageError, match="changes its slice orientation at 'slice_000.dcm'.*not parallel"):
+        read_image(turning)
+
+
+def test_a_single_slice_a_multi_frame_file_and_a_two_slice_series_read_as_before(tmp_path):
+    write_slices(tmp_path, [(0.0, 0.0, 0.0)])
+    with pytest.raises(InputImageError, match="single slice"):
+        read_image(tmp_path)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    volume = sitk.GetImageFromArray(np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8))
+    volume.SetSpacing((0.8, 0.8, 2.0))
+    sitk.WriteImage(volume, str(frames / "multi.dcm"))  # one file, four frames
+    assert read_image(frames).array.shape == (4, 8, 8)
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    write_slices(pair, [(0.0, 0.0, 0.0), (0.0, 0.0, 4.0)])
+    assert read_image(pair).spacing[2] == pytest.approx(4.0)
+
+
 def test_a_volume_larger_than_memory_is_refused_from_its_header_before_any_allocation(tmp_path):
     header = tmp_path / "huge.nhdr"
     header.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 6000 6000 6000\nencoding: raw\n"
@@ -160,6 +237,37 @@ def test_truncated_nrrd_is_refused(tmp_path):
     (tmp_path / "cut.nrrd").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputImageError):
         read_image(tmp_path / "cut.nrrd")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd"])
+def test_a_cut_short_file_is_refused_as_an_interrupted_copy(tmp_path, suffix):
+    """ITK's NIfTI reader fills what a cut file lacks with zeros; the whole file reads unchanged."""
+    image, _ = sphere_volume(shape_ijk=(24, 20, 16), direction=np.eye(3))
+    image = image.with_array((np.random.default_rng(0).random(image.array.shape) * 1000).astype(np.int16))
+    whole = write_image(image, tmp_path / f"whole{suffix}")
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    with pytest.raises(InputImageError, match=r"'.*cut.*' is shorter than its header says .*"
+                                              r"an interrupted copy or download\? Copy it again"):
+        read_image(cut)
+    assert_same_volume(read_image(whole), image)
+
+
+def test_a_gzip_nifti_in_several_members_is_counted_in_full(tmp_path):
+    """A file whose gzip trailer does not give its length (bgzip and some tools write several
+    members) is decompressed and counted: whole, it reads; cut inside a member, it is refused."""
+    import gzip
+
+    image, _ = sphere_volume(shape_ijk=(24, 20, 16), direction=np.eye(3))
+    plain = write_image(image, tmp_path / "plain.nii").read_bytes()
+    middle = len(plain) // 2
+    members = gzip.compress(plain[:middle], mtime=0) + gzip.compress(plain[middle:], mtime=0)
+    (tmp_path / "members.nii.gz").write_bytes(members)
+    assert_same_volume(read_image(tmp_path / "members.nii.gz"), image)
+    (tmp_path / "cut.nii.gz").write_bytes(members[:-40])
+    with pytest.raises(InputImageError, match="shorter than its header says"):
+        read_image(tmp_path / "cut.nii.gz")
 
 
 # --------------------------------------------------------------------------- .seg.nrrd out

@@ -64,8 +64,7 @@ def convert_dataset(layout: str, source: str | os.PathLike[str], output: str | o
     source, output = Path(source), Path(output)
     if not source.is_dir():
         raise LayoutError(f"source folder '{source}' does not exist or is not a folder")
-    if output.exists() and not overwrite:
-        raise LayoutError(f"'{output}' exists; choose another folder or pass --overwrite")
+    _refuse_output_in_the_way(source, output, overwrite)
     if output.resolve().is_relative_to(source.resolve()):
         raise LayoutError(f"the output '{output}' lies inside the source '{source}'; choose a folder outside it")
     options = options or ConvertOptions()
@@ -79,9 +78,40 @@ def convert_dataset(layout: str, source: str | os.PathLike[str], output: str | o
         report.layout, report.source = layout, str(source.resolve())
         (staging / "conversion.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
         if output.exists():
+            _refuse_output_in_the_way(source, output, overwrite)  # again: it may have been filled meanwhile
             shutil.rmtree(output)
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _refuse_output_in_the_way(source: Path, output: Path, overwrite: bool) -> None:
+    """Refuse an existing ``output`` unless ``--overwrite`` may delete it without loss.
+
+    Replacing the output deletes the whole folder, so it is done only to an empty folder or to one
+    an earlier conversion wrote (its ``conversion.json`` says so): ``-o ~/data`` with the source in
+    ``~/data`` would otherwise delete the source and everything else there.
+    """
+    if output.is_symlink() or (output.exists() and not output.is_dir()):
+        kind = "a link" if output.is_symlink() else "a file"
+        raise LayoutError(f"the output '{output}' is {kind}, not a folder; choose an empty or new folder")
+    if not output.exists():
+        return
+    if source.resolve().is_relative_to(output.resolve()):
+        raise LayoutError(f"the source '{source}' lies inside the output '{output}', which would be replaced; "
+                          "choose an empty or new folder")
+    if not overwrite:
+        raise LayoutError(f"'{output}' exists; choose another folder or pass --overwrite")
+    if any(output.iterdir()) and not _is_conversion(output):
+        raise LayoutError(f"'{output}' is not the output of an earlier conversion (it has no conversion.json), so "
+                          "--overwrite does not delete it; choose an empty or new folder")
+
+
+def _is_conversion(folder: Path) -> bool:
+    try:
+        report = json.loads((folder / "conversion.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "layout" in report
