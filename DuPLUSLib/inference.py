@@ -159,7 +159,7 @@ class Segmenter:
         progress("preprocessing", 0.0, "resampling to the model grid")
         spacing = self.settings.spacing
         model_image = resample_to_spacing(image, spacing)
-        self._check_memory(image, model_image, len(prompts))
+        self._check_memory(image, model_image, len(prompts), keep_probabilities)
         timings["preprocessing"] = time.perf_counter() - start
 
         probabilities_model: dict[str, np.ndarray] = {}
@@ -261,20 +261,26 @@ class Segmenter:
                                 pad_value=float(array.min()))
         return [channel.cpu().numpy() for channel in output[0]]
 
-    def _check_memory(self, image: VolumeImage, model_image: VolumeImage, n_prompts: int) -> None:
-        """Refuse, with advice, a volume whose buffers would not fit instead of letting the OS kill us."""
+    def _check_memory(self, image: VolumeImage, model_image: VolumeImage, n_prompts: int, keep_probabilities: bool) -> None:
+        """Refuse, with advice, a volume whose buffers would not fit instead of letting the OS kill us.
+
+        Kept probabilities cost a float32 map and a mask per structure on the input grid (5 bytes a
+        voxel each), far more than the model grid on a fine scan."""
         import psutil
 
         model_voxels = model_image.array.size
         input_voxels = image.array.size
         needed = 4 * (model_voxels * (2 * n_prompts + 3) + input_voxels * 3)
+        if keep_probabilities:
+            needed += 5 * input_voxels * n_prompts
         available = psutil.virtual_memory().available if self.memory_limit_bytes is None else self.memory_limit_bytes
         if needed > 0.8 * available:
             raise ResourceLimitError(
                 f"this volume needs about {needed / 2**30:.1f} GiB for {n_prompts} structure(s) "
                 f"({'x'.join(map(str, image.shape_ijk))} voxels, {model_voxels / 1e6:.1f} M on the model grid) "
                 f"but only {available / 2**30:.1f} GiB is free; crop the volume to the region of interest, "
-                "ask for fewer structures at once, or close other programs"
+                "ask for fewer structures at once" + (", write no probability maps" if keep_probabilities else "")
+                + ", or close other programs"
             )
 
 

@@ -33,6 +33,7 @@ from DuPLUSLib.imageio import read_segmentation, write_image
 from DuPLUSLib.inference import Segmenter, segment_file
 from DuPLUSLib.network import DuPLUSNet
 from DuPLUSLib.ontology import load_ontology
+from DuPLUSLib.preprocessing import resample_to_spacing
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ONTOLOGY = load_ontology()
@@ -213,6 +214,21 @@ def test_volume_too_large_for_the_memory_limit_is_refused_with_advice(random_mod
     with pytest.raises(ResourceLimitError, match="crop the volume") as caught:
         segmenter.segment(image, ABDOMEN)
     assert "fewer structures" in str(caught.value)
+
+
+def test_kept_probability_maps_count_in_the_memory_check(random_model):
+    """A map and a mask per structure on the input grid: a limit that fits the run without them
+    refuses the run with them, and says what to drop."""
+    image, _ = off_centre_sphere()
+    bundle = load_bundle(random_model)
+    prompts = Segmenter(bundle, device="cpu").parse_prompts(ABDOMEN)
+    model_voxels = resample_to_spacing(image, bundle.config.inference.spacing).array.size
+    without = 4 * (model_voxels * (2 * len(prompts) + 3) + image.array.size * 3)
+    limit = int((without + 2 * image.array.size * len(prompts)) / 0.8)  # room for less than the maps
+    segmenter = Segmenter(bundle, device="cpu", memory_limit_bytes=limit)
+    segmenter.segment(image, prompts)
+    with pytest.raises(ResourceLimitError, match="write no probability maps"):
+        segmenter.segment(image, prompts, keep_probabilities=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
