@@ -20,7 +20,8 @@ import slicer
 
 from DuPLUSLib.errors import CancelledError, DuPLUSError
 from DuPLUSLib.progress import overall_percent
-from DuPLUSLib.prognosis.form import FORM_CHOICES, FORM_RANGES, NOT_RECORDED, PACK_YEARS_NOT_RECORDED
+from DuPLUSLib.prognosis.form import (AGE_NOT_RECORDED, FORM_CHOICES, FORM_RANGES, NOT_RECORDED,
+                                      PACK_YEARS_NOT_RECORDED)
 from DuPLUSLib.scripted_module import (BackgroundRunWidget, Choice, ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                        WithinRange, parameterNodeWrapper, translate, vtk)
 from DuPLUSLib.scripted_module import tr as _
@@ -57,12 +58,12 @@ class DuPLUSPrognosis(ScriptedLoadableModule):
 @parameterNodeWrapper
 class DuPLUSPrognosisParameterNode:
     """The module's state, saved with the scene. The EHR fields bind to the ``.ui`` by name: combo
-    boxes with their choices (``""`` = not recorded), spin boxes with their ranges (pack-years below
-    zero = not recorded); ``modelFolder`` (empty: the bundled model) is wired by hand."""
+    boxes with their choices (``""`` = not recorded), spin boxes with their ranges (age and pack-years
+    below zero = not recorded; a model needs the age); ``modelFolder`` (empty: the bundled model) is wired by hand."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     tumourSegmentation: vtkMRMLSegmentationNode
-    age: Annotated[float, WithinRange(*FORM_RANGES["age"])] = 60.0
+    age: Annotated[float, WithinRange(*FORM_RANGES["age"])] = AGE_NOT_RECORDED  # required: filled in by hand
     sex: Annotated[str, Choice(FORM_CHOICES["sex"])] = NOT_RECORDED
     site: Annotated[str, Choice(FORM_CHOICES["site"])] = NOT_RECORDED
     t_stage: Annotated[str, Choice(FORM_CHOICES["t_stage"])] = NOT_RECORDED

@@ -146,6 +146,8 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
         self._parameterNode, self._parameterNodeGuiTag = node, None
+        if not node:  # the scene closes; the next reuses node IDs, so guess its first volume anew
+            self._lastGuessedVolumeId, self.ui.modalityGuessLabel.text = None, ""
         if node:
             self._parameterNodeGuiTag = node.connectGui(self.ui)
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
@@ -222,19 +224,14 @@ class DuPLUSSegmentWidget(BackgroundRunWidget):
         self._parameterNode.structures = [widget.item(row).data(qt.Qt.UserRole) for row in range(widget.count)
                                           if widget.item(row).checkState() == qt.Qt.Checked]
 
-    def onSceneEndClose(self, caller=None, event=None) -> None:
-        self._lastGuessedVolumeId = None  # the next scene reuses node IDs: guess its first volume anew
-        self.ui.modalityGuessLabel.text = ""
-        BackgroundRunWidget.onSceneEndClose(self, caller, event)
-
     def onInputVolumeChanged(self, node) -> None:
-        """Suggest a modality (and region) for a newly selected volume; the user can change it. A
-        previous result made on another volume stops being the output, so the next result does not
-        land in another patient's segmentation."""
-        output = self._parameterNode.outputSegmentation if self._parameterNode else None
-        if node is not None and output is not None and not mrml.is_segmentation_of(output, node):
+        """Suggest a modality (and region) for a newly selected volume, and stop adding to a result made
+        on another volume: the next one must not land in another patient's segmentation."""
+        if node is None or self._parameterNode is None:
+            return
+        if (output := self._parameterNode.outputSegmentation) and not mrml.is_segmentation_of(output, node):
             self._parameterNode.outputSegmentation = None
-        if node is None or node.GetID() == self._lastGuessedVolumeId or self._parameterNode is None:
+        if node.GetID() == self._lastGuessedVolumeId:
             return
         self._lastGuessedVolumeId = node.GetID()
         guess, region = self.logic.guessModality(node)
@@ -353,16 +350,4 @@ class DuPLUSSegmentTest(ScriptedLoadableModuleTest):
         self_test.check_sample_segmentation(self, DuPLUSSegmentLogic(), ["CT/abdomen/liver", "CT/abdomen/spleen"])
 
     def test_BadInputsAreRefusedBeforeAnyWork(self) -> None:
-        import numpy as np
-        from DuPLUSLib.errors import InputImageError, UnknownPromptError
-
-        logic = DuPLUSSegmentLogic()
-        try:
-            with self.assertRaises(InputImageError):
-                logic.segment(None, ["CT/abdomen/liver"])
-            volume = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), "int16"))
-            with self.assertRaises(UnknownPromptError):
-                logic.segment(volume, ["CT/abdomen/unicorn"])
-            self.assertFalse(logic.isBusy)
-        finally:
-            logic.shutdown()
+        self_test.check_bad_inputs_refused(self, DuPLUSSegmentLogic())

@@ -23,14 +23,19 @@ from ..errors import ModelBundleError
 from . import ehr
 from .covariates import ColumnSpec, FormField, form_fields, parse_patient_values
 
-__all__ = ["NOT_RECORDED", "FORM_CHOICES", "FORM_RANGES", "PACK_YEARS_NOT_RECORDED", "form_values_to_ehr",
+__all__ = ["NOT_RECORDED", "FORM_CHOICES", "FORM_RANGES", "PACK_YEARS_NOT_RECORDED", "AGE_NOT_RECORDED",
+           "form_values_to_ehr",
            "model_columns", "extra_form_fields", "validate_patient"]
 
 MODEL_CONFIG_FILE = "prognosis.json"  # = bundle.CONFIG_FILE (bundle.py imports torch; this module must not)
 
 NOT_RECORDED = ""
-# The pack-years spin box has no empty state: one below its range means "not recorded".
+# A spin box has no empty state: one below the field's range means "not recorded". For the age,
+# which every model needs, that makes the form refuse to predict until it is filled in, instead of
+# predicting for whatever age the box last showed.
 PACK_YEARS_NOT_RECORDED = ehr.PACK_YEARS_RANGE[0] - 1.0
+AGE_NOT_RECORDED = ehr.AGE_RANGE[0] - 1.0
+_RECORDED_FROM = {"age": ehr.AGE_RANGE[0], "pack_years": ehr.PACK_YEARS_RANGE[0]}
 
 
 def _canonical(vocabulary: dict[str, str]) -> tuple[str, ...]:
@@ -54,18 +59,18 @@ FORM_CHOICES: dict[str, tuple[str, ...]] = {
 
 # Numeric field -> (minimum, maximum) of its spin box.
 FORM_RANGES: dict[str, tuple[float, float]] = {
-    "age": ehr.AGE_RANGE,
+    "age": (AGE_NOT_RECORDED, ehr.AGE_RANGE[1]),
     "pack_years": (PACK_YEARS_NOT_RECORDED, ehr.PACK_YEARS_RANGE[1]),
 }
 
 
 def form_values_to_ehr(values: dict) -> dict:
-    """The form's values as EHR input: not-recorded fields left out (``""``, None, pack-years below range)."""
+    """The form's values as EHR input: not-recorded fields left out (``""``, None, age or pack-years below range)."""
     clean = {}
     for name, value in values.items():
         if value in (NOT_RECORDED, None):
             continue
-        if name == "pack_years" and float(value) < ehr.PACK_YEARS_RANGE[0]:
+        if name in _RECORDED_FROM and float(value) < _RECORDED_FROM[name]:
             continue
         clean[name] = value
     return clean

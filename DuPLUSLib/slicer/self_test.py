@@ -80,3 +80,21 @@ def check_sample_segmentation(test: unittest.TestCase, logic, prompts: Sequence[
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment.segment_id, volume) > 0
         overlap = 2.0 * (mask & truth[key]).sum() / max(1, mask.sum() + truth[key].sum())
         test.assertGreater(overlap, min_dice, f"{key}: Dice {overlap:.2f} against the sample's ground truth")
+
+
+def check_bad_inputs_refused(test: unittest.TestCase, logic) -> None:
+    """No volume, and an unknown structure, are refused before any background work starts."""
+    import numpy as np
+    import slicer
+
+    from ..errors import InputImageError, UnknownPromptError
+
+    try:
+        with test.assertRaises(InputImageError):
+            logic.segment(None, ["CT/abdomen/liver"])
+        volume = slicer.util.addVolumeFromArray(np.zeros((8, 8, 8), "int16"))
+        with test.assertRaises(UnknownPromptError):
+            logic.segment(volume, ["CT/abdomen/unicorn"])
+        test.assertFalse(logic.isBusy)
+    finally:
+        logic.shutdown()

@@ -77,6 +77,9 @@ def test_connector_rules_accept_what_slicer_accepts():
 
 
 def test_prognosis_form_offers_the_library_vocabularies_and_ranges():
+    import xml.etree.ElementTree as ElementTree
+
+    from DuPLUSLib.prognosis.ehr import EHRValidationError
     from DuPLUSLib.prognosis import ehr
     from DuPLUSLib.prognosis.form import FORM_CHOICES, FORM_RANGES
 
@@ -93,6 +96,15 @@ def test_prognosis_form_offers_the_library_vocabularies_and_ranges():
         (within,) = typing.get_args(hints[field])[1:]
         assert (within.minimum, within.maximum) == (low, high)
     assert FORM_RANGES["pack_years"][0] < ehr.PACK_YEARS_RANGE[0]  # its "not recorded" value
+    assert FORM_RANGES["age"][0] < ehr.AGE_RANGE[0]
+    spin_boxes = {w.get("name"): {prop.get("name"): "".join(prop.itertext()).strip() for prop in w.iter("property")}
+                  for w in ElementTree.parse(ui_path("DuPLUSPrognosis")).iter("widget")}
+    for field in ("age", "pack_years"):  # the box opens on "not recorded", at the bottom of its range
+        box = spin_boxes[field]
+        assert float(box["minimum"]) == float(box["value"]) == FORM_RANGES[field][0], field
+        assert box["specialValueText"] == "not recorded", field
+    with pytest.raises(EHRValidationError, match="age is required"):  # a form left as it opens predicts nothing
+        DuPLUSPrognosis.DuPLUSPrognosisLogic.validateForm({"age": FORM_RANGES["age"][0], "stage": "III"})
     assert DuPLUSPrognosis.DuPLUSPrognosisLogic.validateForm(
         {"age": 60.0, "pack_years": FORM_RANGES["pack_years"][0], "sex": "", "ecog": "2"}) == {"age": 60.0, "ecog": 2}
 
