@@ -10,7 +10,9 @@
   numbers them (``case_index``) for sharding and for the summary.
 * **Outputs.** ``OUTDIR/<case_id><suffix>`` in the chosen format (``formats.py``), and
   ``OUTDIR/<case_id>.json``, the case's report, written last: a case is complete when its report
-  and every file the report lists exist. A rerun skips complete cases (``--overwrite`` redoes them).
+  and every file the report lists exist, and the report's ``request`` (the prompt keys, and the
+  model's name and weights sha256) is this run's. A rerun skips complete cases and redoes, saying
+  so, those asked for with other prompts or another model (``--overwrite`` redoes them all).
 * **Failures.** A case that fails is recorded in the summary with its error, and the run goes on.
   Nothing of a failed case is left under a real name (each file is written atomically; the report,
   written last, is what marks a case done).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import time
@@ -45,6 +48,7 @@ __all__ = [
     "is_batch_request",
     "merge_summaries",
     "parse_shard",
+    "request_change",
     "run_batch",
     "select_shard",
 ]
@@ -52,6 +56,7 @@ __all__ = [
 SUMMARY_COLUMNS = ["case_index", "case_id", "input", "status", "structure", "prompt", "volume_ml", "confidence",
                    "found", "seconds", "output", "error", "dropped_ml", "check"]
 _COLUMNS_ADDED_SINCE = ("dropped_ml", "check")  # a shard summary written before them still merges
+log = logging.getLogger("duplus.batch")
 NOT_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG", "RWV", "DOC"}
 
 
@@ -279,8 +284,10 @@ def case_report(outdir: Path, case: BatchCase) -> Path:
     return outdir / f"{case.case_id}.json"
 
 
-def case_is_complete(outdir: Path, case: BatchCase, format: str | None = None, split: bool = False) -> dict | None:
-    """The case's report when it and every file it lists exist (in ``format``, when given), else None."""
+def case_is_complete(outdir: Path, case: BatchCase, format: str | None = None, split: bool = False,
+                     request: dict | None = None) -> dict | None:
+    """The case's report when it and every file it lists exist (in ``format``, when given) and, when
+    ``request`` is given, it was segmented for that request (:func:`request_change`); else None."""
     report = case_report(outdir, case)
     if not report.is_file():
         return None
@@ -293,7 +300,72 @@ def case_is_complete(outdir: Path, case: BatchCase, format: str | None = None, s
     files = summary.get("files") or [summary.get("output")]
     if not files or not all(f and Path(f).exists() for f in files):
         return None
+    if request is not None and request_change(summary, request) is not None:
+        return None
     return summary
+
+
+def request_change(report: dict, request: dict) -> str | None:
+    """What differs between ``request`` (``{"prompts": [keys], "model": identity}``) and what the
+    case of ``report`` was segmented for, in words; None when nothing does.
+
+    Reports written before batches recorded their ``request`` still name their prompts
+    (``segments[].prompt``) and their model's name (``model.name``), though not its weights'
+    sha256. Those two are compared and a case that matches is kept: redoing a whole cohort after an
+    upgrade, for a difference no such report can show, would cost hours, and a model retrained
+    under the same name is the one change that goes unseen. A report that names neither cannot be
+    told apart from another request, and its case is redone.
+    """
+    recorded = report.get("request")
+    if isinstance(recorded, dict):
+        prompts, model = recorded.get("prompts"), recorded.get("model")
+    else:
+        segments = report.get("segments") if isinstance(report.get("segments"), list) else []
+        prompts = [entry.get("prompt") for entry in segments if isinstance(entry, dict)] or None
+        name = report["model"].get("name") if isinstance(report.get("model"), dict) else None
+        model = dict(request["model"], name=name) if name else None  # the weights are not recorded: the name is all
+    if not isinstance(prompts, list) or not isinstance(model, dict):
+        return "its report does not say which prompts and model it was segmented with"
+    if prompts != list(request["prompts"]):
+        return f"the prompts changed (were {', '.join(map(str, prompts))}; now {', '.join(request['prompts'])})"
+    if model != request["model"]:
+        return f"the model changed (was {_describe_model(model)}; now {_describe_model(request['model'])})"
+    return None
+
+
+def _describe_model(identity: dict) -> str:
+    weights = str(identity.get("sha256") or "unknown")[:12]
+    adapter = f", adapter {str(identity['adapter_sha256'])[:12]}" if identity.get("adapter_sha256") else ""
+    return f"'{identity.get('name')}', weights {weights}{adapter}"
+
+
+def _model_identity(name: str | None, files: dict | None, training: dict | None) -> dict:
+    """What names a model in a case's request: its name, the sha256 of its weights as its config.json
+    records it (a model retrained under the same name differs there), and its adapter's, if any."""
+    identity = {"name": name, "sha256": ((files or {}).get("weights") or {}).get("sha256")}
+    adapter = (training or {}).get("adapter")
+    if isinstance(adapter, dict) and adapter.get("sha256"):
+        identity["adapter_sha256"] = adapter["sha256"]
+    return identity
+
+
+def _local_model_identity(model, adapter) -> dict | None:
+    """The identity of the model a local run would load, as its loaded bundle gives it, from its
+    config.json (and adapter.json) alone: no torch and no weights read, so a rerun that finds every
+    case done loads nothing. None when they cannot be read; loading the model then says why."""
+    from importlib import resources
+
+    # bundle.default_model_dir, which would import torch
+    folder = Path(model) if model else Path(str(resources.files("DuPLUSLib").joinpath("resources/models/default")))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        name, training = config["name"], config.get("training")
+        if adapter is not None:  # as training.adapters.load_adapter names and records it
+            info = json.loads((Path(adapter) / "adapter.json").read_text(encoding="utf-8"))
+            name, training = f"{name}+{info['name']}", {"adapter": {"sha256": info["files"]["weights"]["sha256"]}}
+        return _model_identity(name, config.get("files"), training)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _rows_of(case: BatchCase, summary: dict) -> list[dict]:
@@ -373,6 +445,7 @@ class BatchResult:
     skipped: int
     failed: int
     rows: list[dict]
+    redone: int = 0  # cases found complete, but for other prompts or another model, so segmented again
 
 
 def run_batch(
@@ -401,11 +474,15 @@ def run_batch(
     With ``server`` (a :class:`~DuPLUSLib.remote.ServerClient`) each case runs on that server
     instead, one after another, and the outputs, reports and summary are the same; no model is
     loaded here and PyTorch is not needed.
+
+    Each report records its ``request``: the prompt keys and the model's identity (name, weights
+    sha256; the server's, from its ``/info``). A finished case whose request differs from this run's
+    is segmented again, with a warning on the ``duplus.batch`` log, and counted in ``redone``.
     """
     from .formats import check_format_input
     from .ontology import load_ontology
 
-    load_ontology().parse_many(prompts, modality)  # a typo fails now, before any case
+    keys = [p.key for p in load_ontology().parse_many(prompts, modality)]  # a typo fails now, before any case
     not_dicom = [c for c in cases if not c.is_dicom]
     if format == "dicom-seg" and not_dicom:
         names = ", ".join(f"'{c.input}'" for c in not_dicom[:5]) + (" ..." if len(not_dicom) > 5 else "")
@@ -413,22 +490,42 @@ def run_batch(
     outdir = check_outdir(outdir)
     selected = select_shard(cases, shard)
     rows: list[dict] = []
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    counts = {"done": 0, "skipped": 0, "failed": 0, "redone": 0}
     summary = summary_path(outdir, shard)
+    identity: dict | None = None
+
+    def request() -> dict:
+        """This run's request; the model's identity is found once, and only when a case needs it."""
+        nonlocal identity, segmenter
+        if identity is None and server is not None:
+            found = server.check().get("model") or {}  # a wrong key, address or protocol stops the run here
+            identity = _model_identity(found.get("name"), {"weights": {"sha256": found.get("sha256")}}, None)
+        elif identity is None:
+            identity = None if segmenter is not None else _local_model_identity(model, adapter)
+            if identity is None:
+                segmenter = segmenter or _load_segmenter(model, adapter, device)
+                config = segmenter.bundle.config
+                identity = _model_identity(config.name, config.files, config.training)
+        return {"prompts": keys, "model": identity}
+
     for position, case in enumerate(selected):
         if cancel and cancel():
             raise CancelledError("batch cancelled")
         finished = None if overwrite else case_is_complete(outdir, case, format, split)
-        if finished is not None:
+        changed = None if finished is None else request_change(finished, request())
+        if finished is not None and changed is None:
             rows += _rows_of(case, finished)
             counts["skipped"] += 1
             if on_case:
                 on_case(case, "skipped", finished)
             continue
+        if changed is not None:
+            counts["redone"] += 1
+            log.warning("%s: segmenting it again: %s since its report was written", case.case_id, changed)
         if server is None and segmenter is None:  # once, and only when a case needs it; a bad model stops the run
             segmenter = _load_segmenter(model, adapter, device)
-        elif server is not None and counts["done"] + counts["failed"] == 0:
-            server.check()  # a wrong key, address or protocol stops the run before the first upload
+        elif server is not None:
+            request()  # found once: a wrong key, address or protocol stops the run before the first upload
         started = time.perf_counter()
         try:
             def case_progress(stage: str, fraction: float, message: str, case=case, position=position) -> None:
@@ -440,6 +537,7 @@ def run_batch(
                                    series_uid=case.series_uid, format=format, split=split, report=None)
             result["seconds"] = round(time.perf_counter() - started, 2)
             result["case_id"] = case.case_id
+            result["request"] = request()
             with atomic_output(case_report(outdir, case), overwrite=True) as temporary:
                 temporary.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
             rows += _rows_of(case, result)
@@ -456,7 +554,11 @@ def run_batch(
                 on_case(case, "failed", {"error": type(error).__name__, "message": str(error)})
         write_summary(summary, rows)
     write_summary(summary, rows)
-    return BatchResult(summary, len(selected), counts["done"], counts["skipped"], counts["failed"], rows)
+    if counts["redone"]:
+        log.warning("%d case(s) segmented again because the prompts or the model changed since their reports "
+                    "were written", counts["redone"])
+    return BatchResult(summary, len(selected), counts["done"], counts["skipped"], counts["failed"], rows,
+                       counts["redone"])
 
 
 def _segment_case(case: BatchCase, prompts, output: Path, segmenter, server, **options) -> dict:

@@ -245,11 +245,12 @@ def _run_batch(args: argparse.Namespace, server=None) -> int:
     finally:
         close()
     line = {"summary": str(result.summary.resolve()), "cases": result.cases, "done": result.done,
-            "skipped": result.skipped, "failed": result.failed}
+            "skipped": result.skipped, "failed": result.failed, "redone": result.redone}
     if args.progress == "json":
         print(json.dumps({"event": "done", **line}), flush=True)
     else:
-        print(f"{result.cases} case(s): {result.done} segmented, {result.skipped} already done, "
+        redone = f" (of which {result.redone} again: the prompts or the model changed)" if result.redone else ""
+        print(f"{result.cases} case(s): {result.done} segmented{redone}, {result.skipped} already done, "
               f"{result.failed} failed; summary: {result.summary}")
     return 0 if result.failed == 0 else 4
 

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
                        help="largest volume accepted, millions of voxels (default 1000)")
     serve.add_argument("--max-queue", type=int, default=16, help="jobs that may wait at once (default 16)")
     serve.add_argument("--keep-results-min", type=float, default=30.0,
-                       help="minutes a result waits for its client before it is removed (default 30)")
+                       help="minutes a result waits for its client before it is removed "
+                            "(default 30, at least 1)")
     serve.add_argument("--work-dir", help="folder for uploads and results (default: the system's temporary folder)")
     serve.add_argument("--prognosis-model", help="prognosis model folder (default: the bundled EHR model)")
     serve.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve https directly")
@@ -128,8 +129,11 @@ def check_settings(args: argparse.Namespace) -> _Checked:
                           ("--max-queue", args.max_queue)):
         if value <= 0:
             raise ServerSettingsError(f"{option} must be positive, not {value}")
-    if args.keep_results_min < 0:
-        raise ServerSettingsError("--keep-results-min cannot be negative")
+    if not args.keep_results_min >= 1:  # also refuses nan
+        raise ServerSettingsError(
+            f"--keep-results-min must be at least 1, not {args.keep_results_min}: it is how long a finished result "
+            "waits for its client to download it, and below a minute it can be removed before the client asks"
+        )
     return _Checked(args.host, args.port, api_key, args.ssl_certfile, args.ssl_keyfile)
 
 

@@ -3,7 +3,8 @@
 Each job lives in its own folder under the server's work folder (a fresh ``duplus-serve-*``
 folder per server start, readable by the server's user only). The folder is removed as soon as the
 job fails or is cancelled; when the job is done only the input scan is removed at once, and the
-result stays until the client removes it (``DELETE``) or ``keep_results_s`` passes. Folders left by
+result stays until the client removes it (``DELETE``) or ``keep_results_s`` passes, at the latest
+when the job is forgotten (``forget_after_s``, never before ``keep_results_s``). Folders left by
 a server that was killed are removed when the next server starts in the same work folder.
 
 One thread runs the jobs in submission order on one :class:`~DuPLUSLib.worker.Worker`, which
@@ -35,6 +36,11 @@ __all__ = ["Job", "JobQueue", "JobState"]
 log = logging.getLogger("duplus.serve")
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+_MAX_HEADER_BYTES = 2**20  # of an upload read to find where its data is; NRRD and MHA headers take a few KiB
+_META_FIELD = re.compile(r"\s*(?P<key>[^=:]*?)\s*[=:]\s*(?P<value>.*?)\s*$")  # MetaImage: 'Key = value' or 'Key: value'
+_DETACHED_DATA = ("the uploaded file does not hold its image data: {what} names another file for it, and this "
+                  "server reads nothing but the upload. Save the volume as a single .nrrd/.nii.gz/.mha file with "
+                  "its data inside, and send that")
 _ROOT_PREFIX = "duplus-serve-"
 _PID_FILE = "server.pid"
 
@@ -94,7 +100,7 @@ class JobQueue:
         self.device = device
         self.keep_results_s = keep_results_s
         self.max_queue = max_queue
-        self.forget_after_s = forget_after_s
+        self.forget_after_s = max(forget_after_s, keep_results_s)  # a job known to none has no files left either
         self.root = _make_root(work_dir)
         self.jobs_accepted = 0
         self._jobs: dict[str, Job] = {}
@@ -305,6 +311,8 @@ class JobQueue:
                 self._remove_files(job)
                 log.info("job %s: result removed after %.0f min unclaimed", job_id[:8], self.keep_results_s / 60)
             if now - job.finished > self.forget_after_s:
+                if not job.files_removed:  # no folder may outlive the job that names it (404 to every client)
+                    self._remove_files(job)
                 del self._jobs[job_id]
 
     # ------------------------------------------------------------------------------ worker hooks
@@ -395,11 +403,13 @@ def _remove_abandoned_roots(parent: Path) -> None:
 
 def check_upload(path: Path, fmt: str, max_voxels: int) -> tuple[int, int, int]:
     """Read only the uploaded file's header: a 3D scalar volume of at most ``max_voxels``, that fits
-    in memory. Returns its size (i, j, k). Refuses with a message naming the problem."""
+    in memory, whose data is inside the upload. Returns its size (i, j, k). Refuses with a message
+    naming the problem."""
     import SimpleITK as sitk
 
     from ..imageio import _refuse_if_too_large
 
+    _refuse_detached_data(path, fmt)  # before SimpleITK, which would open the file a header names
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -426,3 +436,45 @@ def check_upload(path: Path, fmt: str, max_voxels: int) -> tuple[int, int, int]:
         )
     _refuse_if_too_large(path)
     return size  # type: ignore[return-value]
+
+
+def _refuse_detached_data(path: Path, fmt: str) -> None:
+    """Refuse an upload whose header names another file for its image data.
+
+    A NRRD ``data file:`` field (``datafile:``, as in an ``.nhdr``) or a MetaImage
+    ``ElementDataFile`` other than ``LOCAL`` (as in an ``.mhd``) makes the reader open that path on
+    the server: any file the server's user can read, or ``/dev/zero``. Only the upload's header is
+    read, line by line up to the line that ends it and at most ``_MAX_HEADER_BYTES``; a header
+    longer than that is refused, as what lies beyond it cannot be checked. NIfTI (``.nii``,
+    ``.nii.gz``) always holds its data after its header.
+    """
+    if fmt not in ("nrrd", "mha"):
+        return
+    budget = _MAX_HEADER_BYTES
+    with open(path, "rb") as handle:
+        while budget > 0:
+            raw = handle.readline(budget)
+            if not raw:
+                return  # the end of the file, and no other file named: SimpleITK says what else is wrong
+            if fmt == "nrrd" and budget == _MAX_HEADER_BYTES and not raw.startswith(b"NRRD"):
+                return  # not a NRRD at all: SimpleITK refuses it as corrupt
+            budget -= len(raw)
+            line = raw.rstrip(b"\r\n").decode("latin-1")
+            if fmt == "nrrd":
+                if not line:
+                    return  # the blank line ends the header; the data follows it, in the upload
+                field = line.split(":", 1)[0]
+                if ":" in line and not line.startswith("#") and field.replace(" ", "").lower() == "datafile":
+                    raise InputImageError(_DETACHED_DATA.format(
+                        what="its NRRD header's 'data file' field (a detached header, as in an .nhdr)"))
+            else:
+                field = _META_FIELD.match(line)
+                if field and field["key"].lower() == "elementdatafile":  # the last header field; the data follows it
+                    if field["value"].upper() == "LOCAL":
+                        return
+                    raise InputImageError(_DETACHED_DATA.format(
+                        what="its MetaImage header's ElementDataFile (not LOCAL, as in an .mhd)"))
+    raise InputImageError(
+        f"the uploaded file's {fmt} header does not end within its first {_MAX_HEADER_BYTES // 2**20} MiB; the "
+        "upload is corrupt or not that format: send the volume again as NRRD, NIfTI or MHA"
+    )

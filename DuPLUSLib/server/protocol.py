@@ -49,7 +49,8 @@ VERSION_HEADER = "X-DuPLUS-Version"
 OPEN_PATHS = frozenset({f"{API_PREFIX}/health"})  # answered without a key: for load balancers and clients' first check
 
 # Upload formats: the ``format`` parameter -> the suffix the server gives the stored file. Only
-# single-file formats: .nhdr and .mhd name a second file, which an upload cannot carry.
+# single-file formats: .nhdr and .mhd name a second file, which an upload cannot carry (and a .nrrd
+# or .mha whose header names one is refused: jobs.check_upload).
 UPLOAD_FORMATS = {"nrrd": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha"}
 
 # Result formats the download endpoint offers: name -> (file name in the job folder, media type).

@@ -87,6 +87,61 @@ def test_a_rerun_skips_finished_cases(cohort, tmp_path, model, capsys):
     assert len(summary_rows(out / "summary.csv")) == 6
 
 
+def test_a_rerun_with_other_prompts_or_another_model_redoes_the_cases_and_says_so(cohort, tmp_path, model, capsys,
+                                                                                 caplog):
+    """Each report records what was asked; a rerun that asks for something else must not pass the
+    old results off as its own. The second model has the first one's name but other weights."""
+    out = tmp_path / "out"
+    assert run(model, str(cohort), "-o", str(out)) == 0
+    weights = json.loads((model / "config.json").read_text(encoding="utf-8"))["files"]["weights"]["sha256"]
+    request = json.loads((out / "case0.json").read_text(encoding="utf-8"))["request"]
+    assert request == {"prompts": ["CT/abdomen/liver", "CT/abdomen/spleen"],
+                       "model": {"name": "test-model", "sha256": weights}}
+    other = save_random_bundle(tmp_path / "other", seed=1)
+    liver_only = ["segment", str(cohort), "-o", str(out), "-p", "CT/abdomen/liver", "--device", "cpu",
+                  "--progress", "none"]
+    capsys.readouterr()
+    for model_folder, changed in ((model, "the prompts changed"), (other, "the model changed")):
+        caplog.clear()
+        assert main([*liver_only, "--model", str(model_folder)]) == 0
+        assert "3 case(s): 3 segmented (of which 3 again: the prompts or the model changed), 0 already done" in capsys.readouterr().out
+        assert f"case1: segmenting it again: {changed}" in caplog.text
+        assert "3 case(s) segmented again because the prompts or the model changed" in caplog.text
+        report = json.loads((out / "case1.json").read_text(encoding="utf-8"))
+        assert [s["structure"] for s in report["segments"]] == ["liver"]
+        assert report["request"]["model"]["sha256"] == json.loads(
+            (model_folder / "config.json").read_text(encoding="utf-8"))["files"]["weights"]["sha256"]
+    assert {r["structure"] for r in summary_rows(out / "summary.csv")} == {"liver"}
+    caplog.clear()
+    assert main([*liver_only, "--model", str(other)]) == 0  # the same request again: nothing to redo
+    assert "3 case(s): 0 segmented, 3 already done" in capsys.readouterr().out
+    assert "segmenting it again" not in caplog.text
+
+
+def test_a_report_written_before_requests_were_recorded_is_kept_when_its_prompts_and_model_name_match(
+        cohort, tmp_path, model, capsys, caplog):
+    """Such a report names its prompts (segments) and its model's name, not its weights: kept when
+    those match, redone when it does not even say that much."""
+    out = tmp_path / "out"
+    assert run(model, str(cohort), "-o", str(out)) == 0
+    for case in ("case0", "case1", "case2"):
+        path = out / f"{case}.json"
+        report = json.loads(path.read_text(encoding="utf-8"))
+        del report["request"]
+        if case == "case2":
+            del report["model"]
+        path.write_text(json.dumps(report), encoding="utf-8")
+    capsys.readouterr()
+    assert run(model, str(cohort), "-o", str(out)) == 0
+    assert "3 case(s): 1 segmented (of which 1 again: the prompts or the model changed), 2 already done" in capsys.readouterr().out
+    assert "case2: segmenting it again: its report does not say which prompts and model" in caplog.text
+    assert "request" in json.loads((out / "case2.json").read_text(encoding="utf-8"))
+    capsys.readouterr()
+    assert main(["segment", str(cohort), "-o", str(out), "-p", "CT/abdomen/liver", "--model", str(model),
+                 "--device", "cpu", "--progress", "none"]) == 0  # other prompts: redone, old reports or not
+    assert "3 case(s): 3 segmented (of which 3 again" in capsys.readouterr().out
+
+
 def test_a_corrupt_case_is_recorded_and_the_others_are_written(cohort, tmp_path, model, capsys):
     (cohort / "broken.nrrd").write_bytes(b"NRRD0004\nthis is not a volume\n")
     out = tmp_path / "out"

@@ -377,6 +377,47 @@ def test_a_non_local_host_is_refused_without_an_api_key(tmp_path):
     assert not is_local_host("0.0.0.0") and not is_local_host("10.1.2.3") and not is_local_host("gpu.hospital.org")
 
 
+@pytest.mark.parametrize("minutes", ["0", "0.5", "nan"])
+def test_keeping_results_less_than_a_minute_is_refused(tmp_path, minutes):
+    """0 would remove a result straight after its job, before its client could download it."""
+    result = subprocess.run([sys.executable, "-m", "DuPLUSLib.cli", "serve", "--port", "0", "--work-dir",
+                             str(tmp_path), "--keep-results-min", minutes],
+                            capture_output=True, text=True, timeout=60, env=worker_environment(threads=1))
+    assert result.returncode == 2 and f"--keep-results-min must be at least 1, not {float(minutes)}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_result_kept_longer_than_an_hour_is_known_while_its_files_stay_and_goes_with_them(tmp_path):
+    """``--keep-results-min 120``: the job must answer (not 404) as long as its result is on disk, and
+    no folder may outlive the job. Hours cannot pass in a test, so the queue is driven here, in this
+    process, with the job's end moved back in time; its sweep needs no model, none is loaded."""
+    from DuPLUSLib.server.jobs import JobQueue, JobState
+    from DuPLUSLib.server.protocol import JobNotFoundError
+
+    jobs = JobQueue(tmp_path, None, "cpu", keep_results_s=120 * 60.0)
+    try:
+        assert jobs.forget_after_s >= jobs.keep_results_s
+        job = jobs.new_job(["CT/abdomen/liver"], None, ".nrrd")
+        job.input_path.write_bytes(b"scan")
+        jobs.enqueue(job)
+        with jobs._lock:
+            jobs._waiting.remove(job.id)
+            job.result_path.write_bytes(b"result")
+            jobs._end(job, JobState.DONE)
+            job.finished = time.time() - 90 * 60  # past the old fixed forget_after_s (60 min), within keep
+            jobs._sweep()
+        assert jobs.get(job.id) is job and jobs.result_file(job.id, "seg.nrrd") == job.result_path
+        with jobs._lock:
+            job.finished = time.time() - 150 * 60
+            jobs._sweep()
+        with pytest.raises(JobNotFoundError):
+            jobs.get(job.id)
+        assert not job.folder.exists()
+    finally:
+        jobs.stop()
+    assert not jobs.root.exists()
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_https_with_uvicorns_certificate_options(tmp_path):
     """--ssl-certfile/--ssl-keyfile serve https; a client trusts a hospital's own authority via cafile."""
@@ -421,6 +462,38 @@ def test_a_corrupt_upload_is_refused_and_nothing_stays_on_the_server(server, tmp
     with pytest.raises(InputImageError, match="corrupt"):
         server.client().submit(noise, ["CT/abdomen/liver"])
     assert server.job_folders() == []
+
+
+@pytest.mark.parametrize("fmt, data_field", [
+    ("nrrd", "data file: {raw}"),
+    ("nrrd", "DataFile: /dev/zero"),
+    ("mha", "ElementDataFile = {raw}"),
+], ids=["nhdr-data-file", "nhdr-dev-zero", "mhd-element-data-file"])
+def test_an_upload_whose_header_names_a_file_on_the_server_is_refused(server, tmp_path, fmt, data_field):
+    """A detached header (.nhdr, .mhd) sent as .nrrd or .mha names where its voxels are: a path the
+    server would open. Here that path holds a valid volume on the server's own disk; the upload is
+    refused from its header (HTTP 422) before anything reads it, and nothing is queued."""
+    from DuPLUSLib.server.jobs import check_upload
+
+    image, _ = sphere_volume(shape_ijk=(20, 18, 12), spacing=(4.0, 4.0, 4.0), radius_mm=20.0)
+    raw = tmp_path / "server-side.raw"
+    raw.write_bytes(np.ascontiguousarray(image.array, dtype="<i2").tobytes())
+    field = data_field.format(raw=raw)
+    if fmt == "nrrd":
+        header = ("NRRD0004\ntype: short\ndimension: 3\nsizes: 20 18 12\nspacings: 4 4 4\nencoding: raw\n"
+                  f"endian: little\n{field}\n")
+    else:
+        header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                  f"DimSize = 20 18 12\nElementSpacing = 4 4 4\nElementType = MET_SHORT\n{field}\n")
+    accepted = server.client().info()["queue"]["accepted"]
+    status, answer = raw_request(server.url + f"/v1/jobs?prompt=CT/abdomen/liver&format={fmt}", "POST",
+                                 header.encode(), {"Authorization": f"Bearer {server.key}"})
+    assert status == 422 and answer["error"] == "InputImageError", answer
+    assert "does not hold its image data" in answer["message"]
+    assert "save the volume as a single .nrrd/.nii.gz/.mha file with its data inside" in answer["message"].lower()
+    assert server.job_folders() == [] and server.client().info()["queue"]["accepted"] == accepted
+    attached = write_image(image, tmp_path / "attached.mha")  # ElementDataFile = LOCAL: the data follows
+    assert check_upload(attached, "mha", 10**6) == (20, 18, 12)
 
 
 def test_a_nifti_upload_is_segmented_like_the_same_volume_in_nrrd(server, tmp_path):
