@@ -19,6 +19,7 @@ import math
 import os
 import struct
 import tempfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -222,7 +223,7 @@ def _refuse_if_truncated(path: Path) -> None:
         if needed is None:
             return
         held = _gzip_length(path, needed) if compressed else path.stat().st_size
-    except (OSError, EOFError, ValueError, struct.error):
+    except (OSError, EOFError, ValueError, struct.error, zlib.error):
         return  # a damaged header or gzip stream: the reader reports it with its own message
     if held < needed:
         unit = " once decompressed" if compressed else ""
