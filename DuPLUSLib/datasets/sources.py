@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DuPLUSError
 from ..ontology import load_ontology
+from .output_folder import refuse_output_in_the_way
 from .fetch import fetch_archive
 
 __all__ = ["ArchiveSource", "RealDataset", "SOURCES", "get_dataset", "TOTALSEGMENTATOR_TOTAL_CLASSES"]
@@ -388,26 +389,8 @@ def get_dataset(
 
 
 def _refuse_output_in_the_way(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Refuse an existing ``output`` unless ``--overwrite`` may delete it without loss.
-
-    Replacing the output deletes the whole folder, so it is done only to an empty folder or to a
-    dataset this command wrote before (:func:`_is_fetched_dataset`): ``-o ~/data`` would otherwise
-    delete everything in ``~/data``, the archive cache among it.
-    """
-    if output.is_symlink() or (output.exists() and not output.is_dir()):
-        kind = "a link" if output.is_symlink() else "a file"
-        raise DatasetFetchError(f"the output '{output}' is {kind}, not a folder; choose an empty or new folder")
-    if not output.exists():
-        return
-    for folder in inputs:
-        if folder.resolve().is_relative_to(output.resolve()):
-            raise DatasetFetchError(f"'{folder}' lies inside the output '{output}', which would be replaced; "
-                                    "choose an empty or new folder")
-    if not overwrite:
-        raise DatasetFetchError(f"'{output}' exists; choose another folder or pass --overwrite")
-    if any(output.iterdir()) and not _is_fetched_dataset(output):
-        raise DatasetFetchError(f"'{output}' is not a dataset written by 'duplus data get', so --overwrite does not "
-                                "delete it; choose an empty or new folder")
+    refuse_output_in_the_way(output, inputs, overwrite, _is_fetched_dataset,
+                             "is not a dataset written by 'duplus data get'", DatasetFetchError)
 
 
 def _is_fetched_dataset(folder: Path) -> bool:

@@ -485,7 +485,7 @@ def test_overwrite_replaces_only_an_earlier_conversion_or_an_empty_folder(tmp_pa
     (data / "notes.txt").write_text("mine")
     before = sorted(p.relative_to(data) for p in data.rglob("*"))
     assert main(["data", "convert", "--layout", "amos", str(source), "-o", str(data), "--overwrite"]) == 2
-    assert f"the source '{source}' lies inside the output '{data}'" in capsys.readouterr().err
+    assert f"'{source}' lies inside the output '{data}'" in capsys.readouterr().err
     with pytest.raises(LayoutError, match="lies inside the output.*choose an empty or new folder"):
         convert_dataset("amos", source, data, overwrite=True)
     with pytest.raises(LayoutError, match=r"'.*notes.txt' is a file, not a folder; choose an empty or new folder"):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .common import ConversionReport, ConvertOptions, LayoutError
+from ..output_folder import refuse_output_in_the_way
 
 __all__ = ["LAYOUTS", "ConvertOptions", "ConversionReport", "LayoutError", "convert_dataset"]
 
@@ -88,25 +89,8 @@ def convert_dataset(layout: str, source: str | os.PathLike[str], output: str | o
 
 
 def _refuse_output_in_the_way(source: Path, output: Path, overwrite: bool) -> None:
-    """Refuse an existing ``output`` unless ``--overwrite`` may delete it without loss.
-
-    Replacing the output deletes the whole folder, so it is done only to an empty folder or to one
-    an earlier conversion wrote (its ``conversion.json`` says so): ``-o ~/data`` with the source in
-    ``~/data`` would otherwise delete the source and everything else there.
-    """
-    if output.is_symlink() or (output.exists() and not output.is_dir()):
-        kind = "a link" if output.is_symlink() else "a file"
-        raise LayoutError(f"the output '{output}' is {kind}, not a folder; choose an empty or new folder")
-    if not output.exists():
-        return
-    if source.resolve().is_relative_to(output.resolve()):
-        raise LayoutError(f"the source '{source}' lies inside the output '{output}', which would be replaced; "
-                          "choose an empty or new folder")
-    if not overwrite:
-        raise LayoutError(f"'{output}' exists; choose another folder or pass --overwrite")
-    if any(output.iterdir()) and not _is_conversion(output):
-        raise LayoutError(f"'{output}' is not the output of an earlier conversion (it has no conversion.json), so "
-                          "--overwrite does not delete it; choose an empty or new folder")
+    refuse_output_in_the_way(output, [source], overwrite, _is_conversion,
+                             "is not the output of an earlier conversion (it has no conversion.json)", LayoutError)
 
 
 def _is_conversion(folder: Path) -> bool:
