@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .postprocessing import connected_parts
+
 __all__ = ["TISSUE_HU", "ct_body_region", "cut_to_region"]
 
 TISSUE_HU = -500.0  # between air (-1000) and fat (-100): the usual cut for a CT body mask
@@ -39,12 +41,7 @@ def ct_body_region(hu: np.ndarray, tissue_hu: float = TISSUE_HU) -> np.ndarray:
 
 def _body_parts(tissue: np.ndarray) -> np.ndarray:
     """The 26-connected parts of ``tissue`` at least ``MIN_PART_FRACTION`` of the largest."""
-    import SimpleITK as sitk
-
-    labeller = sitk.ConnectedComponentImageFilter()
-    labeller.SetFullyConnected(True)
-    parts = sitk.GetArrayFromImage(labeller.Execute(sitk.GetImageFromArray(tissue.view(np.uint8))))
-    sizes = np.bincount(parts.ravel(), minlength=labeller.GetObjectCount() + 1)[1:]
+    parts, sizes = connected_parts(tissue)
     if len(sizes) == 0:
         return tissue
     kept = np.concatenate([[False], sizes >= MIN_PART_FRACTION * sizes.max()])
@@ -98,7 +95,7 @@ def _monotone_chain(points: np.ndarray) -> np.ndarray:
 def cut_to_region(probability: np.ndarray, region: np.ndarray, threshold: float, voxel_ml: float) -> tuple[np.ndarray, float]:
     """``probability`` set to 0 outside ``region``, and the volume (ml) found there that this removed."""
     outside = ~region
-    removed = int(np.count_nonzero(probability[outside] >= threshold))
     if not outside.any():
         return probability, 0.0
+    removed = int(np.count_nonzero(probability[outside] >= threshold))
     return np.where(outside, np.zeros((), probability.dtype), probability), round(removed * voxel_ml, 3)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DroppedParts", "dropped_parts_warning", "keep_largest_part"]
+__all__ = ["DroppedParts", "connected_parts", "dropped_parts_warning", "keep_largest_part"]
 
 # Dropped parts of at least this share of the kept part's volume: the choice between them was not
 # clear-cut, and a false finding can outgrow a small true organ (a real MR's spleen did), so the
@@ -40,7 +40,7 @@ class DroppedParts:
         return self.parts > 0 and self.volume_ml >= CHECK_DROPPED_FRACTION * self.kept_ml
 
 
-def _parts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def connected_parts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 26-connected parts of a binary mask (0: background, 1..n: parts) and each part's size.
 
     Labelled by SimpleITK, which every segmentation loads anyway to resample: SciPy's import alone
@@ -60,7 +60,7 @@ def keep_largest_part(probability: np.ndarray, threshold: float, voxel_ml: float
     set to 0, and what was dropped. Parts that are not 26-connected share no 2x2x2 cell, so linear
     resampling of the result finds exactly the largest part, with the values it had."""
     found = probability >= threshold
-    parts, sizes = _parts(found)
+    parts, sizes = connected_parts(found)
     if len(sizes) <= 1:
         return probability, DroppedParts()
     largest = int(np.argmax(sizes))

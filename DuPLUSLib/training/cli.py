@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .evaluate import add_data_arguments
+
 __all__ = ["register"]
 
 
@@ -64,10 +66,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _register_finetune(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("finetune", help="adapt a model to new labelled data with LoRA adapters (or fully)")
     parser.add_argument("--model", help="base model folder (default: the bundled model)")
-    parser.add_argument("--data", action="append", required=True,
-                        help="a Decathlon folder, dicom:FOLDER (DICOM series + SEG/RTSTRUCT references), "
-                             "or phantom:CT/abdomen:seeds=A-B / mni152:seeds=A-B; repeatable")
-    parser.add_argument("--mapping", help="label mapping JSON of the Decathlon folder (default: FOLDER/mapping.json)")
+    add_data_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="adapter folder (a model folder with --full)")
     parser.add_argument("--lora-rank", type=int, default=8, help="rank of the low-rank updates (default 8)")
     parser.add_argument("--lora-alpha", type=float, help="LoRA alpha (default 2 x rank)")

@@ -403,14 +403,19 @@ def _parse_seeds(text: str, spec: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ command
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("evaluate", help="Dice and HD95 of a model on labelled data (JSON + markdown)")
-    parser.add_argument("--model", help="model folder (default: the bundled model)")
-    parser.add_argument("--adapter", help="adapter folder from duplus finetune, applied on top of --model")
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and --mapping, as every command that reads labelled data takes them (evaluate, finetune)."""
     parser.add_argument("--data", action="append", required=True,
                         help="a Decathlon folder, dicom:FOLDER (DICOM series + SEG/RTSTRUCT references), "
                              "phantom:CT/abdomen:seeds=1000-1009 or mni152:seeds=0-4; repeatable")
     parser.add_argument("--mapping", help="label mapping JSON of the Decathlon folder (default: FOLDER/mapping.json)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("evaluate", help="Dice and HD95 of a model on labelled data (JSON + markdown)")
+    parser.add_argument("--model", help="model folder (default: the bundled model)")
+    parser.add_argument("--adapter", help="adapter folder from duplus finetune, applied on top of --model")
+    add_data_arguments(parser)
     parser.add_argument("-o", "--output", required=True, help="report JSON")
     parser.add_argument("--markdown", help="also write the tables as markdown here")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
