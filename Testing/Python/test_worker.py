@@ -422,12 +422,16 @@ def test_a_request_the_worker_cannot_take_is_raised_once_and_not_also_delivered(
     """A worker that closed its input: submit raises, and the error callback stays silent, so the
     module shows one error dialog, not two."""
     launcher = tmp_path / "deaf.sh"
-    launcher.write_text("#!/bin/sh\nexec 0<&-\nsleep 5\n", encoding="utf-8")
+    closed = tmp_path / "stdin-closed"
+    launcher.write_text(f"#!/bin/sh\nexec 0<&-\ntouch '{closed}'\nsleep 30\n", encoding="utf-8")
     launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
-    runner = SegmentationRunner(python=str(launcher), threads=1)
+    runner = SegmentationRunner(python=str(launcher), threads=1, warm=True)
     try:
         recorder = Recorder()
-        time.sleep(0.2)
+        runner.prestart()
+        deadline = time.monotonic() + TIMEOUT_S
+        while not closed.exists() and time.monotonic() < deadline:  # the worker has closed its input
+            time.sleep(0.01)
         with pytest.raises(WorkerError):
             runner.submit(request(input_path, model_dir), recorder)
         assert not [e for e in recorder.events if e[0] == "error"]
